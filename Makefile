@@ -1,0 +1,40 @@
+# ruv-assets: `make run` builds the whole graph, `make test` runs the tests, `make ui` opens Dagster.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+export RUV_HOME ?= $(CURDIR)/.ruv
+# Numba compiles once and reuses the machine code in every Dagster step process.
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test test-fast ui bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,reference]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/ruv run-all
+
+test: $(STAMP)
+	bash scripts/test-deps.sh
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not e2e"
+
+ui: $(STAMP)
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf .ruv .numba_cache dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -1,0 +1,1 @@
+"""ruv-assets: the Dagster code location of task-specific LoRA adapters."""

@@ -1,0 +1,1 @@
+"""Assets by stage: preset -> dataset -> trained -> merged -> slot."""

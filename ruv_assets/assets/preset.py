@@ -1,0 +1,58 @@
+"""`preset_adapter`: an adapter's declared config and its PEFT initialisation (B = 0) in the store."""
+
+
+
+import json
+import zlib
+
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+
+from kernels.adapter import LoraAdapter
+from resources.dagster_resources import StoreResource
+from resources.peft_format import save_adapter
+from resources.store import StoredObject
+from ruv_assets import versions
+from ruv_assets.config import AdapterMetadata
+from ruv_assets.partitions import adapter_partitions
+from ruv_assets.resources import GeometryResource, current_catalogue
+
+
+def init_seed(name: str) -> int:
+    """A stable seed per adapter name (Python's hash() changes between processes)."""
+    return zlib.crc32(name.encode())
+
+
+@asset(
+    partitions_def=adapter_partitions,
+    code_version=versions.PRESET_ADAPTER,
+    io_manager_key="store_io",
+    group_name="adapters",
+    kinds={"numba", "safetensors"},
+    description="The adapter as declared in the catalogue, initialised like PEFT (A Kaiming-uniform, B = 0).",
+)
+def preset_adapter(context: AssetExecutionContext, store: StoreResource, geometry: GeometryResource) -> Output[StoredObject]:
+    name = context.partition_key
+    config = current_catalogue().adapter(name)
+    geo = geometry.geometry()
+    adapter = LoraAdapter.initialise(config.spec(geo), seed=init_seed(name))
+    meta = AdapterMetadata(name=name, tags=config.tags, dataset_description="initialisation, untrained",
+                           custom={"stage": "preset", "description": config.description})
+    stored = store.store().write(
+        "preset_adapter", name, lambda d: save_adapter(adapter, d, metadata=meta.model_dump(mode="json"))
+    )
+    return Output(
+        stored,
+        data_version=DataVersion(stored.data_version),
+        metadata={
+            "path": MetadataValue.path(str(stored.path)),
+            "rank": config.rank,
+            "alpha": config.alpha,
+            "dropout": config.dropout,
+            "targets": ", ".join(config.target_modules),
+            "tags": ", ".join(config.tags),
+            "params": config.params(geo),
+            "memory_bytes": config.memory_bytes(geo),
+            "geometry": MetadataValue.json(geo.model_dump()),
+            "config": MetadataValue.json(json.loads(config.model_dump_json())),
+        },
+    )

@@ -1,0 +1,171 @@
+"""The catalogue: the five presets plus the adapters, composites and geometry a user declares in
+a YAML or TOML file (`RUV_CATALOGUE`, default the `catalogue.yaml` shipped in this package).
+
+A bad catalogue fails at load with the file, the entry, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ruv_assets.config import AdapterName, LoraConfig, ModelGeometry
+from ruv_assets.presets import PRESETS
+
+DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
+MergeMethod = Literal["average", "weighted", "task_arithmetic", "slerp", "ties", "dare", "magnitude_prune"]
+
+
+class CatalogueError(ValueError):
+    """The catalogue file is unreadable or declares something invalid."""
+
+
+class CompositeConfig(BaseModel):
+    """A merged adapter: which trained adapters, by which method, with which parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: AdapterName
+    method: MergeMethod
+    sources: tuple[AdapterName, ...] = Field(min_length=1)
+    weights: tuple[float, ...] | None = None
+    density: float | None = Field(None, gt=0.0, le=1.0)
+    lam: float = Field(1.0, alias="lambda")
+    t: float | None = Field(None, ge=0.0, le=1.0)
+    rank: int | None = Field(None, ge=1)
+    seed: int = 0
+    dare_combine: Literal["linear", "ties"] = "linear"
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _method_parameters(self) -> "CompositeConfig":
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError("sources lists an adapter twice")
+        if self.weights is not None and len(self.weights) != len(self.sources):
+            raise ValueError(f"weights has {len(self.weights)} values for {len(self.sources)} sources")
+        if self.method == "weighted" and self.weights is not None and abs(sum(self.weights)) < 1e-12:
+            raise ValueError("weights sum to zero; weighted merge normalises by their sum")
+        if self.method == "slerp":
+            if len(self.sources) != 2:
+                raise ValueError(f"slerp merges exactly two adapters, got {len(self.sources)}")
+            if self.t is None:
+                raise ValueError("slerp needs t in [0, 1]")
+        if self.method in ("ties", "dare", "magnitude_prune") and self.density is None:
+            raise ValueError(f"{self.method} needs density in (0, 1]")
+        return self
+
+
+class CatalogueFile(BaseModel):
+    """The schema of a catalogue file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    geometry: ModelGeometry = ModelGeometry()
+    adapters: list[LoraConfig] = []
+    composites: list[CompositeConfig] = []
+
+
+class Catalogue:
+    """Presets, custom adapters and composites, looked up by name or by domain tag."""
+
+    def __init__(self, adapters: list[LoraConfig], composites: list[CompositeConfig], geometry: ModelGeometry, source: str):
+        self.geometry = geometry
+        self.source = source
+        self._adapters = {a.name: a for a in adapters}
+        self._composites = {c.name: c for c in composites}
+
+    @cached_property
+    def adapter_names(self) -> list[str]:
+        return list(self._adapters)
+
+    @cached_property
+    def composite_names(self) -> list[str]:
+        return list(self._composites)
+
+    def adapters(self) -> list[LoraConfig]:
+        return list(self._adapters.values())
+
+    def composites(self) -> list[CompositeConfig]:
+        return list(self._composites.values())
+
+    def adapter(self, name: str) -> LoraConfig:
+        try:
+            return self._adapters[name]
+        except KeyError:
+            raise KeyError(f"unknown adapter {name!r}; known: {', '.join(self._adapters)}") from None
+
+    def composite(self, name: str) -> CompositeConfig:
+        try:
+            return self._composites[name]
+        except KeyError:
+            raise KeyError(f"unknown composite {name!r}; known: {', '.join(self._composites) or 'none'}") from None
+
+    def by_tag(self, tag: str) -> list[LoraConfig]:
+        return [a for a in self._adapters.values() if tag in a.tags]
+
+
+def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
+    """Read the catalogue at `path`, `$RUV_CATALOGUE`, or the shipped default, and validate it."""
+    path = Path(path or os.environ.get("RUV_CATALOGUE") or DEFAULT_CATALOGUE)
+    raw = _read(path)
+    try:
+        parsed = CatalogueFile.model_validate(raw)
+    except ValidationError as exc:
+        raise CatalogueError(_describe(path, raw, exc)) from None
+    adapters = list(PRESETS)
+    names = {a.name for a in adapters}
+    for custom in parsed.adapters:
+        if custom.name in names:
+            raise CatalogueError(f"{path}: adapters: {custom.name!r} is already declared (presets: {', '.join(p.name for p in PRESETS)})")
+        names.add(custom.name)
+        adapters.append(custom)
+    seen: set[str] = set()
+    for composite in parsed.composites:
+        if composite.name in seen or composite.name in names:
+            raise CatalogueError(f"{path}: composites: {composite.name!r} is already the name of an adapter or composite")
+        seen.add(composite.name)
+        for source in composite.sources:
+            if source not in names:
+                raise CatalogueError(f"{path}: composites[{composite.name}]: sources: unknown adapter {source!r}")
+    return Catalogue(adapters, parsed.composites, parsed.geometry, str(path))
+
+
+def _read(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CatalogueError(f"{path}: cannot read catalogue ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise CatalogueError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CatalogueError(f"{path}: expected a mapping with adapters/composites/geometry at the top")
+    return data
+
+
+def _describe(path: Path, raw: dict, exc: ValidationError) -> str:
+    """One line per problem: entry (by name where it has one), field, reason."""
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        where = str(loc[0]) if loc else ""
+        if len(loc) >= 2 and isinstance(loc[1], int):
+            entries = raw.get(loc[0]) or []
+            name = entries[loc[1]].get("name") if loc[1] < len(entries) and isinstance(entries[loc[1]], dict) else None
+            where = f"{loc[0]}[{name or loc[1]}]"
+            loc = loc[2:]
+        else:
+            loc = loc[1:]
+        field = ".".join(str(p) for p in loc) or "(entry)"
+        reason = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {where}: {field}: {reason}")
+    return "\n".join(lines)
