@@ -44,12 +44,21 @@ class StoreIOManager(ConfigurableIOManager):
         if not context.has_asset_partitions:
             raise ValueError(f"{asset} is read per partition; the input has no partition")
         keys = list(context.asset_partition_keys)
-        if len(keys) == 1 and not _wants_mapping(context):
+        if len(keys) == 1:
             return store.get(asset, keys[0])
         return {key: store.get(asset, key) for key in keys}
 
 
-def _wants_mapping(context: InputContext) -> bool:
-    """A `dict` type annotation on the input asks for {partition: object} even with one key."""
-    dagster_type = getattr(context, "dagster_type", None)
-    return getattr(dagster_type, "typing_type", None) in (dict, "dict") or "dict" in str(getattr(dagster_type, "display_name", "")).lower()
+def default_slots_root() -> str:
+    return os.environ.get("RUV_SLOTS") or os.path.join(_env("RUV_HOME", ".ruv"), "slots")
+
+
+class SlotsResource(ConfigurableResource):
+    """Where hot-swap slots live: `RUV_SLOTS`, default `<RUV_HOME>/slots`."""
+
+    root: str = Field(default_factory=default_slots_root, description="slots root (RUV_SLOTS)")
+
+    def slot(self, name: str):
+        from resources.slot import Slot
+
+        return Slot(self.root, name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +41,7 @@ class CompositeConfig(BaseModel):
     rank: int | None = Field(None, ge=1)
     seed: int = 0
     dare_combine: Literal["linear", "ties"] = "linear"
+    min_retention: float = Field(0.0, le=1.0, description="promotion gate: worst source retention allowed")
     description: str = ""
 
     @model_validator(mode="after")
@@ -58,6 +59,18 @@ class CompositeConfig(BaseModel):
                 raise ValueError("slerp needs t in [0, 1]")
         if self.method in ("ties", "dare", "magnitude_prune") and self.density is None:
             raise ValueError(f"{self.method} needs density in (0, 1]")
+        from kernels.merge import METHOD_PARAMS, REQUIRED_PARAMS  # the kernels' registry says what each method takes
+
+        values = {"weights": self.weights, "density": self.density, "t": self.t}
+        lacking = [p for p in REQUIRED_PARAMS[self.method] if p in values and values[p] is None]
+        if lacking:
+            raise ValueError(f"{self.method} needs {', '.join(lacking)}")
+
+        given = {"weights": self.weights is not None, "density": self.density is not None, "t": self.t is not None,
+                 "lam": self.lam != 1.0, "dare_combine": self.dare_combine != "linear"}
+        extra = [p for p, is_set in given.items() if is_set and p not in METHOD_PARAMS[self.method]]
+        if extra:
+            raise ValueError(f"{self.method} does not take {', '.join('lambda' if p == 'lam' else p for p in extra)}")
         return self
 
 
@@ -169,3 +182,13 @@ def _describe(path: Path, raw: dict, exc: ValidationError) -> str:
         reason = error["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {where}: {field}: {reason}")
     return "\n".join(lines)
+
+
+@lru_cache(maxsize=8)
+def _cached(path: str | None) -> Catalogue:
+    return load_catalogue(path)
+
+
+def current_catalogue() -> Catalogue:
+    """The catalogue named by `RUV_CATALOGUE` (or the shipped one), read once per path."""
+    return _cached(os.environ.get("RUV_CATALOGUE") or None)

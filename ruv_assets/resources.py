@@ -1,25 +1,14 @@
-"""The catalogue and geometry as Dagster resources (the store ones live in `resources`)."""
+"""The geometry as a Dagster resource (the store and slot ones live in `resources`)."""
 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ruv_assets.catalogue import Catalogue, load_catalogue
+from ruv_assets.catalogue import current_catalogue
 from ruv_assets.config import ModelGeometry
-
-
-@lru_cache(maxsize=8)
-def cached_catalogue(path: str | None) -> Catalogue:
-    return load_catalogue(path)
-
-
-def current_catalogue() -> Catalogue:
-    """The catalogue named by `RUV_CATALOGUE` (or the shipped one), read once per path."""
-    return cached_catalogue(os.environ.get("RUV_CATALOGUE") or None)
 
 
 def _geometry_default(field: str) -> int:

@@ -3,7 +3,6 @@
 
 
 import json
-import zlib
 
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
@@ -14,12 +13,9 @@ from resources.store import StoredObject
 from ruv_assets import versions
 from ruv_assets.config import AdapterMetadata
 from ruv_assets.partitions import adapter_partitions
-from ruv_assets.resources import GeometryResource, current_catalogue
-
-
-def init_seed(name: str) -> int:
-    """A stable seed per adapter name (Python's hash() changes between processes)."""
-    return zlib.crc32(name.encode())
+from ruv_assets.preset_seed import stable_seed
+from ruv_assets.catalogue import current_catalogue
+from ruv_assets.resources import GeometryResource
 
 
 @asset(
@@ -34,7 +30,7 @@ def preset_adapter(context: AssetExecutionContext, store: StoreResource, geometr
     name = context.partition_key
     config = current_catalogue().adapter(name)
     geo = geometry.geometry()
-    adapter = LoraAdapter.initialise(config.spec(geo), seed=init_seed(name))
+    adapter = LoraAdapter.initialise(config.spec(geo), seed=stable_seed(name))
     meta = AdapterMetadata(name=name, tags=config.tags, dataset_description="initialisation, untrained",
                            custom={"stage": "preset", "description": config.description})
     stored = store.store().write(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ruv_assets.resources import current_catalogue
+from ruv_assets.catalogue import current_catalogue
 
 
 def register(subparsers) -> None:
