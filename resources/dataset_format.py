@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+
+from resources.safetensors_io import save_file_deterministic
 
 from kernels.adapter import split_key
 from kernels.modules import module_shape
@@ -82,7 +84,7 @@ def save_dataset(dataset: Dataset, directory: str | os.PathLike, *, dtype: str =
         tensors[f"truth.{key}.V"] = np.ascontiguousarray(V, np.float32)
     header = {"format": "ruv-dataset", "ruv.dataset": json.dumps({**dataset.meta, "input_of": dataset.input_of, "dtype": dtype}, sort_keys=True)}
     path = Path(directory) / DATASET_NAME
-    save_file(tensors, str(path), metadata=header)
+    save_file_deterministic(tensors, path, metadata=header)
     return path
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+
+from resources.safetensors_io import save_file_deterministic
 
 from kernels.adapter import AdapterSpec, LoraAdapter, split_key
 from kernels.modules import ALL_MODULES, module_block
@@ -86,7 +88,7 @@ def save_adapter(
     directory = Path(directory)
     weights = directory / WEIGHTS_NAME
     config = directory / CONFIG_NAME
-    save_file(tensors, str(weights), metadata=header)
+    save_file_deterministic(tensors, weights, metadata=header)
     config.write_text(json.dumps(peft_config(spec, base_model), indent=2, sort_keys=True) + "\n")
     return [weights, config]
 

@@ -942,9 +942,11 @@ def _repair_torn_tail(path: Path) -> bool:
 
 
 def slots_root(home: str | os.PathLike | None = None) -> Path:
-    """`<RUV_HOME>/slots` (RUV_HOME defaults to `.ruv`), where the slots live."""
+    """Where the slots live: `RUV_SLOTS`, else `<RUV_HOME>/slots` (RUV_HOME defaults to `.ruv`)."""
     from resources.store import default_root
 
+    if home is None and os.environ.get("RUV_SLOTS"):
+        return Path(os.environ["RUV_SLOTS"])
     return (Path(home) if home is not None else default_root()) / "slots"
 
 

@@ -3,7 +3,8 @@
 Layout: `<root>/<asset>/<partition>/<data_version>/<files>`, where the data version is the
 sha256 of the files it holds. An object is written into a temporary directory, fsynced and
 renamed into place; once there it is never modified. `<root>/<asset>/<partition>/LATEST` names the
-newest version and is itself replaced atomically.
+newest good version (an asset with blocking checks publishes only a version that passed them)
+and is itself replaced atomically; downstream assets and retraining read that one.
 """
 
 from __future__ import annotations
@@ -93,10 +94,11 @@ class ArtifactStore:
     def partition_dir(self, asset: str, partition: str) -> Path:
         return self.root / check_name("asset", asset) / check_name("partition", partition)
 
-    def write(self, asset: str, partition: str, writer: Callable[[Path], object]) -> StoredObject:
+    def write(self, asset: str, partition: str, writer: Callable[[Path], object], *, set_latest: bool = True) -> StoredObject:
         """Call `writer(tmp_dir)` to fill a fresh directory, then publish it under its hash.
 
-        If `writer` raises, nothing is left behind and nothing stored changes.
+        With `set_latest=False` the version is stored but `LATEST` keeps pointing at the previous
+        good one. If `writer` raises, nothing is left behind and nothing stored changes.
         """
         parent = self.partition_dir(asset, partition)
         parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +116,8 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._set_latest(parent, version)
+        if set_latest:
+            self._set_latest(parent, version)
         return StoredObject(final, version, asset, partition)
 
     def get(self, asset: str, partition: str, data_version: str | None = None) -> StoredObject:

@@ -1,4 +1,4 @@
-"""The geometry as a Dagster resource (the store and slot ones live in `resources`)."""
+"""The model geometry as a Dagster resource (the store and slot ones live in `resources`)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ from ruv_assets.catalogue import current_catalogue
 from ruv_assets.config import ModelGeometry
 
 
-def _geometry_default(field: str) -> int:
-    env = os.environ.get(f"RUV_{field.upper()}")
-    return int(env) if env else getattr(current_catalogue().geometry, field)
-
-
 class GeometryResource(ConfigurableResource):
-    """Base-model shapes: Dagster config, else `RUV_HIDDEN_SIZE` etc., else the catalogue."""
+    """Base-model shapes. Each field: Dagster config, else `RUV_HIDDEN_SIZE` / `RUV_INTERMEDIATE_SIZE`
+    / `RUV_NUM_LAYERS`, else the catalogue's `geometry` (resolved when used)."""
 
-    hidden_size: int = Field(default_factory=lambda: _geometry_default("hidden_size"))
-    intermediate_size: int = Field(default_factory=lambda: _geometry_default("intermediate_size"))
-    num_layers: int = Field(default_factory=lambda: _geometry_default("num_layers"))
+    hidden_size: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=1)
+    num_layers: int | None = Field(None, ge=1)
 
     def geometry(self) -> ModelGeometry:
-        return ModelGeometry(hidden_size=self.hidden_size, intermediate_size=self.intermediate_size, num_layers=self.num_layers)
+        base = current_catalogue().geometry
+        values = {}
+        for field in ("hidden_size", "intermediate_size", "num_layers"):
+            value = getattr(self, field)
+            if value is None:
+                env = os.environ.get(f"RUV_{field.upper()}")
+                value = int(env) if env else getattr(base, field)
+            values[field] = value
+        return ModelGeometry(**values)

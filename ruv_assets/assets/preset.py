@@ -20,6 +20,7 @@ from ruv_assets.resources import GeometryResource
 
 @asset(
     partitions_def=adapter_partitions,
+    deps=["adapter_declaration"],
     code_version=versions.PRESET_ADAPTER,
     io_manager_key="store_io",
     group_name="adapters",
@@ -31,7 +32,10 @@ def preset_adapter(context: AssetExecutionContext, store: StoreResource, geometr
     config = current_catalogue().adapter(name)
     geo = geometry.geometry()
     adapter = LoraAdapter.initialise(config.spec(geo), seed=stable_seed(name))
+    # Reproducible: the same entry and code give byte-identical files, hence the same data version
+    # (so re-materialising does not mark everything downstream unsynced); timestamps fixed at 0.
     meta = AdapterMetadata(name=name, tags=config.tags, dataset_description="initialisation, untrained",
+                           created_at_ms=0, modified_at_ms=0,
                            custom={"stage": "preset", "description": config.description})
     stored = store.store().write(
         "preset_adapter", name, lambda d: save_adapter(adapter, d, metadata=meta.model_dump(mode="json"))

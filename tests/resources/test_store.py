@@ -61,3 +61,25 @@ def test_missing_objects_are_explained(tmp_path):
     store.write("trained_adapter", "coder", _writer("x"))
     with pytest.raises(StoreError, match="has no version"):
         store.get("trained_adapter", "coder", "0" * 64)
+
+
+def test_safetensors_files_are_byte_reproducible(tmp_path):
+    """The header metadata order of safetensors varies between processes; ours must not."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, sys; from resources.safetensors_io import save_file_deterministic; "
+        "save_file_deterministic({'b': np.ones((2, 3), np.float32), 'a': np.zeros(5, np.float16)}, sys.argv[1], "
+        "{'format': 'pt', 'z': '1', 'm': '2', 'a': '3', 'q': '4'})"
+    )
+    digests = set()
+    for i in range(4):
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+        digests.add(path.read_bytes())
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        assert handle.metadata()["m"] == "2" and handle.get_tensor("b").shape == (2, 3)

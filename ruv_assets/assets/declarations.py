@@ -1,0 +1,36 @@
+"""What the catalogue declares, as observable source assets: each partition's data version is the
+hash of its entry (and the geometry), so after a catalogue change an observation marks exactly
+the changed adapters' and composites' chains unsynced in the UI."""
+
+import hashlib
+import json
+
+from dagster import DataVersion, DataVersionsByPartition, observable_source_asset
+
+from ruv_assets.catalogue import current_catalogue
+from ruv_assets.partitions import adapter_partitions, composite_partitions
+
+
+def entry_version(entry, geometry) -> str:
+    payload = json.dumps({"entry": entry.model_dump(mode="json"), "geometry": geometry.model_dump()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@observable_source_asset(
+    partitions_def=adapter_partitions,
+    group_name="catalogue",
+    description="Each adapter's entry in the catalogue (presets and custom adapters); observe after editing it.",
+)
+def adapter_declaration():
+    catalogue = current_catalogue()
+    return DataVersionsByPartition({a.name: DataVersion(entry_version(a, catalogue.geometry)) for a in catalogue.adapters()})
+
+
+@observable_source_asset(
+    partitions_def=composite_partitions,
+    group_name="catalogue",
+    description="Each composite's entry in the catalogue (method, sources, parameters); observe after editing it.",
+)
+def composite_declaration():
+    catalogue = current_catalogue()
+    return DataVersionsByPartition({c.name: DataVersion(entry_version(c, catalogue.geometry)) for c in catalogue.composites()})

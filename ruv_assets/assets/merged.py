@@ -1,0 +1,122 @@
+"""`merged_adapter`: a composite merged from the trained adapters the catalogue names, with what
+it keeps of each source task (retention) measured on that task's validation data."""
+
+import numpy as np
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    DataVersion,
+    MetadataValue,
+    Output,
+    StaticPartitionMapping,
+    asset,
+)
+
+from kernels.merge import merge
+from resources.dagster_resources import StoreResource
+from resources.dataset_format import load_dataset
+from resources.peft_format import load_adapter, save_adapter
+from resources.store import StoredObject
+from ruv_assets import versions
+from ruv_assets.composite import merge_sources, merged_adapter_from
+from ruv_assets.config import AdapterMetadata
+from ruv_assets.evaluation import validation_loss
+from ruv_assets.partitions import composite_partitions
+from ruv_assets.plots import markdown_table
+from ruv_assets.catalogue import current_catalogue
+from ruv_assets.resources import GeometryResource
+
+CHECKS = [
+    AssetCheckSpec("weights_finite", asset="merged_adapter", blocking=True, description="every A and B value is finite"),
+    AssetCheckSpec("beats_zero_adapter", asset="merged_adapter", blocking=True,
+                   description="on every source task the composite's validation loss is below the zero adapter's"),
+    AssetCheckSpec("retention_within_bounds", asset="merged_adapter", blocking=True,
+                   description="each source keeps at least the composite's min_retention of its own improvement over zero"),
+]
+
+
+def _users_of(adapter: str) -> list[str]:
+    return [c.name for c in current_catalogue().composites() if adapter in c.sources]
+
+
+def trained_to_composites() -> StaticPartitionMapping:
+    """Each trained adapter partition feeds every composite that names it."""
+    return StaticPartitionMapping({a: _users_of(a) for a in current_catalogue().adapter_names if _users_of(a)})
+
+
+@asset(
+    partitions_def=composite_partitions,
+    deps=["composite_declaration"],
+    code_version=versions.MERGED_ADAPTER,
+    io_manager_key="store_io",
+    group_name="adapters",
+    kinds={"numba", "safetensors"},
+    ins={"trained_adapter": AssetIn(partition_mapping=trained_to_composites())},
+    check_specs=CHECKS,
+    description="A composite of trained adapters merged on their deltas (method and sources from the catalogue).",
+)
+def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometry: GeometryResource, trained_adapter):
+    name = context.partition_key
+    composite = current_catalogue().composite(name)
+    stored_sources = [trained_adapter] if isinstance(trained_adapter, StoredObject) else list(trained_adapter.values())
+    by_name = {s.partition: s for s in stored_sources}
+    missing = [s for s in composite.sources if s not in by_name]
+    if missing:
+        raise ValueError(f"composite {name}: no trained_adapter for {', '.join(missing)}; materialise them first")
+    geo = geometry.geometry()
+    sources = [load_adapter(by_name[s].path, hidden_size=geo.hidden_size, intermediate_size=geo.intermediate_size,
+                            num_layers=geo.num_layers).adapter.astype(np.float32) for s in composite.sources]
+    result = merge(composite.method, merge_sources(sources), weights=composite.weights, density=composite.density,
+                   lam=composite.lam, t=composite.t, rank=composite.rank, seed=composite.seed,
+                   dare_combine=composite.dare_combine if composite.method == "dare" else "linear")
+    merged = merged_adapter_from(result, sources)
+
+    retention_rows = []
+    for source_name, own in zip(composite.sources, sources):
+        dataset_obj = store.store().get("synthetic_dataset", source_name)
+        dataset = load_dataset(dataset_obj.path)
+        keys = [k for k in own.keys() if k in dataset.targets]
+        own_loss = validation_loss(own, dataset, keys)
+        zero_loss = validation_loss(own, dataset, keys, zero=True)
+        merged_loss = validation_loss(merged, dataset, keys)
+        gain = zero_loss - own_loss
+        retention_rows.append({
+            "task": source_name, "merged_val_loss": merged_loss, "own_val_loss": own_loss, "zero_val_loss": zero_loss,
+            "retention": float((zero_loss - merged_loss) / gain) if gain > 0 else 0.0,
+        })
+
+    meta = AdapterMetadata(name=name, dataset_description=f"{composite.method} merge of {', '.join(composite.sources)}",
+                           custom={"method": composite.method, "sources": ",".join(composite.sources)})
+    source_rows = [{"source": f"trained_adapter[{s}]", "data_version": by_name[s].data_version} for s in composite.sources]
+    params = {k: v for k, v in result.params.items() if v is not None}
+    finite = all(np.all(np.isfinite(x)) for x in list(merged.A.values()) + list(merged.B.values()))
+    beats = all(r["merged_val_loss"] < r["zero_val_loss"] for r in retention_rows)
+    worst = min(r["retention"] for r in retention_rows)
+    retained = bool(worst >= composite.min_retention)
+    stored = store.store().write("merged_adapter", name, lambda d: save_adapter(merged, d, metadata=meta.model_dump(mode="json")),
+                                 set_latest=finite and beats and retained)
+    yield Output(
+        stored,
+        data_version=DataVersion(stored.data_version),
+        metadata={
+            "path": MetadataValue.path(str(stored.path)),
+            "method": composite.method,
+            "parameters": MetadataValue.json({k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}),
+            "sources": MetadataValue.md(markdown_table(source_rows)),
+            "rank": int(result.rank),
+            "params": merged.spec.param_count(),
+            "reconstruction_error": float(result.reconstruction_error),
+            "retention": MetadataValue.md(markdown_table(retention_rows)),
+            "min_retention_observed": float(min(r["retention"] for r in retention_rows)),
+            "mean_retention": float(np.mean([r["retention"] for r in retention_rows])),
+        },
+    )
+    yield AssetCheckResult(check_name="weights_finite", passed=bool(finite), severity=AssetCheckSeverity.ERROR)
+    yield AssetCheckResult(check_name="beats_zero_adapter", passed=bool(beats), severity=AssetCheckSeverity.ERROR,
+                           metadata={"tasks": ", ".join(f"{r['task']}={r['merged_val_loss']:.4g}<{r['zero_val_loss']:.4g}" for r in retention_rows)})
+    yield AssetCheckResult(check_name="retention_within_bounds", passed=retained,
+                           severity=AssetCheckSeverity.ERROR,
+                           metadata={"min_retention_observed": float(worst), "bound": composite.min_retention})

@@ -1,0 +1,75 @@
+"""`served_adapter`: what each hot-swap slot serves. Materialising a partition promotes a stored
+trained (adapter) or merged (composite) version into `<slots>/<name>/active`; the materialisation
+records which source version is active at which slot generation, so lineage shows what is served.
+"""
+
+from dagster import AssetDep, AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, StaticPartitionMapping, asset
+from pydantic import Field
+
+from resources.dagster_resources import SlotsResource, StoreResource
+from ruv_assets import versions
+from ruv_assets.partitions import slot_partitions, source_of
+from ruv_assets.catalogue import current_catalogue
+from ruv_assets.resources import GeometryResource
+
+
+class PromotionConfig(Config):
+    """Which stored version to promote; empty means the newest of the slot's source asset."""
+
+    data_version: str = Field("", description="data version (sha256) of the source to promote; empty = newest")
+    source_storage_id: int = Field(0, description="event storage id of the source materialisation (set by the sensor)")
+    expected_generation: int = Field(-1, description="compare-and-swap: fail unless the slot is at this generation (-1 = off)")
+
+
+def _identity(names: list[str]) -> StaticPartitionMapping:
+    return StaticPartitionMapping({n: n for n in names})
+
+
+@asset(
+    partitions_def=slot_partitions,
+    code_version=versions.SLOT_PROMOTION,
+    group_name="serving",
+    kinds={"safetensors"},
+    deps=[
+        AssetDep("trained_adapter", partition_mapping=_identity(current_catalogue().adapter_names)),
+        AssetDep("merged_adapter", partition_mapping=_identity(current_catalogue().composite_names)),
+    ],
+    description="The version active in the hot-swap slot of each adapter and composite (promoted by promotion_sensor).",
+)
+def served_adapter(context: AssetExecutionContext, config: PromotionConfig, store: StoreResource, slots: SlotsResource,
+                   geometry: GeometryResource) -> MaterializeResult:
+    name = context.partition_key
+    source = source_of(name)
+    stored = store.store().get(source, name, config.data_version or None)
+    slot = slots.slot(name)
+    current = slot.status() if slot.exists() else None
+    if current is not None and current.active and slot.manifest(current.active).get("data_version") == stored.data_version:
+        context.log.info(f"slot {name}: {stored.data_version[:12]} is already active at generation {current.generation}")
+        state = current
+    else:
+        state = slot.promote(
+            stored.path,
+            provenance={
+                "source_asset": source,
+                "partition": name,
+                "data_version": stored.data_version,
+                "run_id": context.run.run_id,
+                "source_storage_id": config.source_storage_id or None,
+            },
+            expected_generation=None if config.expected_generation < 0 else config.expected_generation,
+            geometry=geometry.geometry().model_dump(),
+        )
+    context.log.info(f"slot {name}: generation {state.generation}, active {state.active}")
+    return MaterializeResult(
+        data_version=DataVersion(stored.data_version),
+        metadata={
+            "slot": MetadataValue.path(str(slot.path)),
+            "active": MetadataValue.path(str(slot.path / "active")),
+            "generation": int(state.generation),
+            "version": state.active,
+            "standby": state.standby or "",
+            "source_asset": source,
+            "source_data_version": stored.data_version,
+            "source_path": MetadataValue.path(str(stored.path)),
+        },
+    )

@@ -1,0 +1,187 @@
+"""`trained_adapter`: the best checkpoint of a quality-weighted training run on the task dataset.
+
+Retraining starts from the partition's last trained version when its shapes still fit, with
+EWC++ anchored there (its Fisher is stored beside the weights); otherwise from the preset.
+Blocking checks (finite weights, better than the zero adapter, near the noise floor) gate
+promotion.
+"""
+
+import json
+import time
+
+import numpy as np
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    DataVersion,
+    MetadataValue,
+    Output,
+    asset,
+)
+from safetensors.numpy import load_file
+
+from resources.safetensors_io import save_file_deterministic
+
+from kernels.adapter import LoraAdapter
+from kernels.train import EwcState, train
+from resources.dagster_resources import StoreResource
+from resources.dataset_format import check_dataset, load_dataset
+from resources.errors import StoreError
+from resources.peft_format import load_adapter, save_adapter
+from resources.store import StoredObject
+from ruv_assets import versions
+from ruv_assets.config import AdapterMetadata
+from ruv_assets.evaluation import delta_rel_error, problems_for, validation_loss
+from ruv_assets.partitions import adapter_partitions
+from ruv_assets.plots import loss_curve_png, markdown_image, markdown_table
+from ruv_assets.catalogue import current_catalogue
+from ruv_assets.resources import GeometryResource
+from ruv_assets.training_config import TrainingConfig
+
+STATE_NAME = "training_state.safetensors"
+HISTORY_NAME = "history.json"
+NOISE_FLOOR_TOLERANCE = 0.25  # promotion gate: val loss at most 25% above the noise floor
+
+CHECKS = [
+    AssetCheckSpec("weights_finite", asset="trained_adapter", blocking=True, description="every A and B value is finite"),
+    AssetCheckSpec("beats_zero_adapter", asset="trained_adapter", blocking=True, description="validation loss below the zero adapter's"),
+    AssetCheckSpec("near_noise_floor", asset="trained_adapter", blocking=True,
+                   description=f"validation loss at most {NOISE_FLOOR_TOLERANCE:.0%} above the dataset's noise floor (synthetic data)"),
+]
+
+
+def previous_version(store, name: str, spec) -> tuple[LoraAdapter, EwcState | None, str] | None:
+    """The last trained version of this partition, if its shapes still fit the declared spec."""
+    try:
+        last = store.get("trained_adapter", name)
+    except StoreError:
+        return None
+    loaded = load_adapter(last.path)
+    if loaded.adapter.spec != spec:
+        return None
+    adapter = loaded.adapter.astype(np.float32)
+    state_file = last.path / STATE_NAME
+    fisher = load_file(str(state_file)) if state_file.is_file() else {}
+    ewc = EwcState(
+        A={k: adapter.A[k].copy() for k in adapter.keys()},
+        B={k: adapter.B[k].copy() for k in adapter.keys()},
+        fisher={k: (fisher.get(f"fisher_A.{k}", np.zeros_like(adapter.A[k])), fisher.get(f"fisher_B.{k}", np.zeros_like(adapter.B[k])))
+                for k in adapter.keys()},
+    )
+    return adapter, ewc, last.data_version
+
+
+@asset(
+    partitions_def=adapter_partitions,
+    code_version=versions.TRAINED_ADAPTER,
+    io_manager_key="store_io",
+    group_name="adapters",
+    kinds={"numba", "safetensors"},
+    ins={"preset_adapter": AssetIn(), "synthetic_dataset": AssetIn()},
+    check_specs=CHECKS,
+    description="Best checkpoint of quality-weighted LoRA training on the task dataset (EWC++ when retraining).",
+)
+def trained_adapter(
+    context: AssetExecutionContext,
+    config: TrainingConfig,
+    store: StoreResource,
+    geometry: GeometryResource,
+    preset_adapter: StoredObject,
+    synthetic_dataset: StoredObject,
+):
+    name = context.partition_key
+    settings = config.settings()  # a bad config fails here, before anything is read or written
+    geo = geometry.geometry()
+    declared = current_catalogue().adapter(name).spec(geo)
+    start = load_adapter(preset_adapter.path, hidden_size=geo.hidden_size, intermediate_size=geo.intermediate_size, num_layers=geo.num_layers).adapter
+    if start.spec != declared:
+        raise ValueError(f"preset_adapter[{name}] does not match the catalogue (rank/targets changed?); materialise preset_adapter first")
+    dataset = load_dataset(synthetic_dataset.path)
+    check_dataset(dataset, geo.hidden_size, geo.intermediate_size, geo.num_layers)
+
+    ewc, resumed_from = None, None
+    if config.continue_from_last:
+        previous = previous_version(store.store(), name, declared)
+        if previous is not None:
+            start, ewc, resumed_from = previous
+            context.log.info(f"retraining from trained_adapter[{name}] {resumed_from[:12]} with EWC++ lambda {settings.ewc_lambda}")
+    keys = start.keys()
+    problems = problems_for(dataset, keys)
+    started = time.perf_counter()
+    result = train(
+        problems,
+        {k: start.A[k].astype(np.float32).copy() for k in keys},
+        {k: start.B[k].astype(np.float32).copy() for k in keys},
+        start.scale,
+        dataset.quality[dataset.train_idx],
+        dataset.quality[dataset.val_idx],
+        settings,
+        ewc=ewc,
+    )
+    seconds = time.perf_counter() - started
+    trained = LoraAdapter(declared, result.A, result.B)
+    dtype = "float16" if config.mixed_precision else "float32"
+    stored_adapter = trained.astype(np.float16) if config.mixed_precision else trained
+
+    val_loss = validation_loss(stored_adapter.astype(np.float32), dataset)
+    zero_loss = validation_loss(trained, dataset, zero=True)
+    floor = dataset.meta.get("noise_floor")
+    rel_error = delta_rel_error(stored_adapter.astype(np.float32), dataset)
+    n_used = int(np.sum(dataset.quality[dataset.train_idx] >= settings.quality_threshold))
+    metadata = AdapterMetadata(
+        name=name,
+        dataset_description=f"{dataset.meta.get('kind')} {name} data, seed {dataset.meta.get('seed')}, dataset {synthetic_dataset.data_version[:12]}",
+        n_examples=n_used,
+        quality_score=float(np.clip(dataset.quality[dataset.train_idx].mean(), 0, 1)),
+        tags=current_catalogue().adapter(name).tags,
+        custom={"val_loss": val_loss, "epochs_run": result.epochs_run, "dataset_version": synthetic_dataset.data_version,
+                "resumed_from": resumed_from or ""},
+    )
+
+    def write(directory):
+        save_adapter(stored_adapter, directory, metadata=metadata.model_dump(mode="json"), dtype=dtype)
+        fisher = {f"fisher_A.{k}": np.ascontiguousarray(v[0], np.float32) for k, v in result.fisher.items()}
+        fisher.update({f"fisher_B.{k}": np.ascontiguousarray(v[1], np.float32) for k, v in result.fisher.items()})
+        save_file_deterministic(fisher, directory / STATE_NAME, metadata={"format": "ruv-ewc"})
+        (directory / HISTORY_NAME).write_text(json.dumps(result.history, indent=1) + "\n")
+
+    finite = all(np.all(np.isfinite(a)) for a in list(stored_adapter.A.values()) + list(stored_adapter.B.values()))
+    beats = bool(val_loss < zero_loss)
+    near = True if not floor else bool(val_loss <= (1 + NOISE_FLOOR_TOLERANCE) * floor)
+    # Only a version that passes its checks becomes the one downstream assets and retraining read.
+    stored = store.store().write("trained_adapter", name, write, set_latest=finite and beats and near)
+    history_rows = [{k: h[k] for k in ("epoch", "step", "train_loss", "val_loss", "lr")} for h in result.history]
+    yield Output(
+        stored,
+        data_version=DataVersion(stored.data_version),
+        metadata={
+            "path": MetadataValue.path(str(stored.path)),
+            "train_loss": float(result.train_loss),
+            "val_loss": val_loss,
+            "zero_adapter_val_loss": zero_loss,
+            "noise_floor": float(floor) if floor is not None else MetadataValue.null(),
+            "val_over_floor": float(val_loss / floor) if floor else MetadataValue.null(),
+            "delta_rel_error": rel_error if rel_error is not None else MetadataValue.null(),
+            "epochs_run": int(result.epochs_run),
+            "best_epoch": int(result.best_epoch),
+            "early_stopped": bool(result.early_stopped),
+            "steps": int(result.steps),
+            "examples_used": n_used,
+            "train_seconds": round(seconds, 3),
+            "dtype": dtype,
+            "ewc": bool(ewc is not None),
+            "resumed_from": resumed_from or "preset",
+            "dataset_version": synthetic_dataset.data_version,
+            "loss_curve": MetadataValue.md(markdown_image(loss_curve_png(result.history, floor, f"trained_adapter[{name}]"), "loss curve")),
+            "history": MetadataValue.md(markdown_table(history_rows)),
+        },
+    )
+    yield AssetCheckResult(check_name="weights_finite", passed=bool(finite), severity=AssetCheckSeverity.ERROR)
+    yield AssetCheckResult(check_name="beats_zero_adapter", passed=beats, severity=AssetCheckSeverity.ERROR,
+                           metadata={"val_loss": val_loss, "zero_adapter_val_loss": zero_loss})
+    yield AssetCheckResult(check_name="near_noise_floor", passed=near, severity=AssetCheckSeverity.ERROR,
+                           metadata={"val_over_floor": float(val_loss / floor) if floor else MetadataValue.null(),
+                                     "tolerance": NOISE_FLOOR_TOLERANCE})

@@ -1,0 +1,28 @@
+"""`ruv run-all`: materialise the whole graph on the project's Dagster instance and fill the slots."""
+
+from __future__ import annotations
+
+import time
+
+from ruv_assets.cli import UserError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run-all", help="materialise every asset and partition, then promote into the slots")
+    parser.add_argument("--adapter", action="append", help="only these adapters (repeatable)")
+    parser.add_argument("--composite", action="append", help="only these composites (repeatable)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from dagster import DagsterInstance
+
+    from ruv_assets.build_all import build_all
+
+    started = time.perf_counter()
+    with DagsterInstance.get() as instance:
+        report = build_all(instance, adapters=args.adapter, composites=args.composite)
+    print(f"built {len(report.runs)} runs in {time.perf_counter() - started:.1f}s")
+    if report.failed:
+        raise UserError("failed: " + ", ".join(f"{job}[{part}]" for job, part in report.failed))
+    return 0

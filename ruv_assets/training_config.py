@@ -1,0 +1,56 @@
+"""The training run configuration: a Dagster `Config` users edit in the launchpad.
+
+`preset` picks the base values (`default`, or the original design's `quick` and `stable`); any
+field set explicitly overrides the preset. Validation happens when the run starts, before any
+file is written, and names the field.
+"""
+
+from typing import Literal
+
+from dagster import Config
+from pydantic import Field
+
+from kernels.train import TrainSettings
+
+PRESETS: dict[str, dict] = {
+    "default": {},
+    # The original design's presets: quick = 1 epoch at lr 0.005, constant schedule, patience 1;
+    # stable = 5 epochs at lr 0.0005, EWC lambda 5000, quality threshold 0.5, patience 5, min_delta 1e-4.
+    "quick": {"epochs": 1, "learning_rate": 0.005, "schedule": "constant", "patience": 1},
+    "stable": {"epochs": 5, "learning_rate": 0.0005, "ewc_lambda": 5000.0, "quality_threshold": 0.5, "patience": 5, "min_delta": 1e-4},
+}
+
+
+class TrainingConfig(Config):
+    """How `trained_adapter` trains; unset fields come from `preset`."""
+
+    preset: Literal["default", "quick", "stable"] = Field("default", description="base values: default, quick or stable")
+    epochs: int | None = Field(None, description="maximum epochs")
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    optimizer: str | None = Field(None, description="adamw, adam or sgd")
+    weight_decay: float | None = None
+    loraplus_ratio: float | None = Field(None, description="LoRA+: learning rate of B = lr * ratio")
+    max_grad_norm: float | None = Field(None, description="global gradient-norm clip; 0 = off")
+    schedule: str | None = Field(None, description="constant, linear, cosine, exponential, step or one_cycle")
+    warmup_steps: int | None = None
+    quality_threshold: float | None = Field(None, description="examples with lower quality are dropped")
+    patience: int | None = Field(None, description="epochs without improvement before early stopping")
+    min_delta: float | None = Field(None, description="minimum val-loss improvement that counts")
+    eval_every_steps: int | None = Field(None, description="also validate every N steps (0 = per epoch only)")
+    ewc_lambda: float | None = Field(None, description="EWC++ strength when retraining from the last version")
+    fisher_decay: float | None = None
+    seed: int | None = None
+    mixed_precision: bool = Field(False, description="store dataset and checkpoint in float16; train in float32")
+    continue_from_last: bool = Field(True, description="start from the last trained version (with EWC++) if there is one")
+
+    def settings(self) -> TrainSettings:
+        """The kernel-level settings, validated (ValueError names the field)."""
+        values = dict(PRESETS[self.preset])
+        for name in TrainSettings.__dataclass_fields__:
+            value = getattr(self, name, None)
+            if value is not None:
+                values[name] = value
+        settings = TrainSettings(**values)
+        settings.validate()
+        return settings
