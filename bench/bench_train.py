@@ -75,7 +75,8 @@ def main() -> None:
         (per step: the fused gradient kernel for all modules, then the fused Adam update)."""
         out = T._run_steps(*kit, ws.H, ws.RB, ws.WH, ws.U, ws.GH, ws.inv_out, ws.scale_arr, ws.roff, ws.goff,
                            ws.loss_pm, ws.sq_rows, ws.pen_rows, ws.assign, ws.aoff, order, b_from, b_to, bs, q, lrs, state["step"],
-                           ws.W, ws.G, ws.M1, ws.M2, Fon, ws.empty32, ws.empty32, 1, hp, ws.c_lo, ws.c_hi, ws.c_mult)
+                           ws.W, ws.G, ws.M1, ws.M2, Fon, ws.empty32, ws.empty32, 1, hp, ws.c_lo, ws.c_hi, ws.c_mult,
+                           ws.offsets, ws.a_len, ws.loraplus)
         state["step"] = out[0]
         return out[1]
 

@@ -10,21 +10,23 @@ over the examples with `q_i >= quality_threshold`. `L` is what is minimised (its
 EWC penalty's) and every reported train/val loss is `L` (`evaluate`). Validation uses every
 validation row, weighted by its quality, so it is comparable with the synthetic noise floor.
 
-One optimisation step:
+One optimisation step (the whole inner loop over an epoch's minibatches runs inside Numba,
+`_run_steps`, without returning to Python):
 
-1. `_grad_step` (one fused Numba kernel for every module; each thread takes a share of the
-   minibatch rows and runs every module on them) computes `h = A x`, `B^T r`, the loss, and the
+1. `_grad_step` (one fused kernel for every module) computes `h = A x`, `B^T r`, the loss, and the
    gradients of `L` w.r.t. A and B into preallocated buffers. It uses
    `||s B h - r||^2 = s^2 h^T (B^T B) h - 2 s h.(B^T r) + ||r||^2`, so it never forms the
    `[batch, out]` residual: four thin products (X A^T, R B, R^T (w H), G_h^T X) instead of five,
-   four rows at a time from cache. Three parallel phases per step whatever the number of modules
-   (B^T B, per-thread partial gradients, their reduction with norms and EWC terms). It returns the
+   each over four examples x two to four rank rows per inner loop. Work is split by module when
+   the modules divide evenly over the threads (q/k/v/o on 2 threads: one fork-join per step, no
+   partial sums), else by rows (per-thread partials, then a parallel reduction). It returns the
    squared norm of the full gradient (data + EWC penalty);
 2. global gradient-norm clipping over all modules, like `torch.nn.utils.clip_grad_norm_`
    (`coef = min(1, max_norm / (norm + 1e-6))`);
-3. `_update` (one fused kernel over every parameter of every module): EWC penalty gradient, the
-   clip, the online Fisher update and AdamW (decoupled decay) / Adam (L2 in the gradient) / SGD
-   (optional momentum), with LoRA+ (`lr_B = lr * loraplus_ratio`).
+3. the optimiser step (`_update_range`, fused per parameter block): online Fisher update, EWC
+   penalty gradient, the clip, then AdamW (decoupled decay) / Adam (L2 in the gradient) / SGD
+   (optional momentum), with LoRA+ (`lr_B = lr * loraplus_ratio`). Without clipping and with the
+   by-module split, each thread applies it to its own modules inside `_grad_step`.
 
 EWC++: the penalty `lambda/2 * sum F* (w - w*)^2` uses the anchor weights `w*` and Fisher `F*`
 given in `EwcState` (fixed during the run). The online Fisher `F <- d F + (1 - d) g^2` is estimated
@@ -40,9 +42,13 @@ accumulation are float32 (losses float64). With float32 storage the kernels read
 Gradient checkpointing is deliberately absent: training is layer-wise, each module's problem is
 one linear map of stored inputs, so there are no activations between layers to drop and recompute.
 
-Determinism: shuffles and every reduction order are fixed by the seed and the thread count
-(per-thread partial sums are combined in thread order), so a run is bit-identical for a seed at a
-given NUMBA_NUM_THREADS.
+Determinism: shuffles (own splitmix64 Fisher-Yates) and every reduction order are fixed by the
+seed and the thread count (per-thread partial sums are combined in thread order), so a run is
+bit-identical for a seed at a given NUMBA_NUM_THREADS; other thread counts agree to rounding.
+
+Threads: the kernels are fork-join over NUMBA_NUM_THREADS. On cores shared with other busy
+processes every fork-join waits for a descheduled thread; `TrainSettings.num_threads` (or
+NUMBA_NUM_THREADS=1) avoids that when several trainings share a machine.
 """
 
 from __future__ import annotations
@@ -75,11 +81,20 @@ _MASK = 0xFFFFFFFFFFFFFFFF
 class TrainSettings:
     """Training configuration (the owner maps the pydantic/Dagster config onto it).
 
+    Defaults are tuned so that the synthetic coder/security/reviewer presets reach the noise floor
+    (tests/kernels/test_train_acceptance.py): AdamW lr 0.02 with cosine decay over 40 epochs of
+    batch 32, 20 warmup steps.
+
     Early stopping: training stops once `patience` evaluations in a row (each epoch end, plus
     every `eval_every_steps` steps if > 0) did not improve the validation loss by more than
     `min_delta` (absolute) over the last such improvement; patience 0 behaves like 1 (as in Keras).
-    The returned checkpoint is the lowest validation loss seen, whatever min_delta. `max_grad_norm` 0 disables clipping. Schedule parameters
-    are those of kernels.schedules. `ewc_lambda` only acts when an EwcState is passed to `train`.
+    The returned checkpoint is the lowest validation loss seen, whatever min_delta.
+    `max_grad_norm` 0 disables clipping. Schedule parameters are those of kernels.schedules
+    (`gamma` None = the schedule's own default). `ewc_lambda` only acts when an EwcState is passed
+    to `train`; it multiplies a Fisher made of squared gradients of L, so its useful size depends on
+    the data's units (on the synthetic tasks ~1-100 trades old task against new; 2000 all but
+    freezes the anchored weights). `num_threads` 0 = NUMBA_NUM_THREADS; use 1 when several
+    trainings share the cores.
     """
 
     epochs: int = 40
@@ -107,6 +122,7 @@ class TrainSettings:
     ewc_lambda: float = 2000.0
     fisher_decay: float = 0.999
     seed: int = 0
+    num_threads: int = 0
 
     def schedule_params(self) -> dict:
         return {"min_lr_ratio": self.min_lr_ratio, "gamma": self.gamma, "step_size": self.step_size,
@@ -171,6 +187,9 @@ class TrainSettings:
         if not 0.0 <= num("fisher_decay") < 1.0:
             raise ValueError(f"fisher_decay must lie in [0, 1), got {self.fisher_decay}")
         integer("seed")
+        if integer("num_threads") < 0 or self.num_threads > numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"num_threads must lie in [0, {numba.config.NUMBA_NUM_THREADS}] "
+                             f"(0 = NUMBA_NUM_THREADS), got {self.num_threads}")
         return self
 
     def replace(self, **changes) -> "TrainSettings":
@@ -639,13 +658,16 @@ def _bt_gram_serial(Bt, BtB):
 @njit(cache=True, parallel=True, fastmath=_FM)
 def _grad_step(Xs, Rs, rsqs, As, Bts, BtBs, gA_ps, gBt_ps, S_ps, Stots, Wms, Gms, Fas, Was,
                H, RB, WH, U, GH, rows, q, cscale, inv_out, scales, lam, roff, goff, loss_pm, sq_rows, pen_rows,
-               assign, aoff):
+               assign, aoff, fuse, W, G, M1, M2, Fon, Fanc, Wanc, offs, a_len, ratio, lr, step, opt, hp):
     """Forward + backward of every module on one minibatch.
 
     Two schedules, chosen by the caller (`aoff`):
     - by module (aoff has T+1 entries): thread `tid` owns modules assign[aoff[tid]:aoff[tid+1]] and
       does all of their work over all rows (B^T B, `_chunk_grads`, the final gradient rows): one
       fork-join per step and no partials to combine. Used when the modules split evenly enough.
+      With `fuse` (no global clipping to wait for) the thread also applies the optimiser step to
+      its modules right away (flat W.. with module offsets `offs`, A lengths `a_len`, LoRA+ `ratio`,
+      hp = (b1, b2, eps, wd, momentum, fisher_decay)), so a whole training step is one fork-join.
     - by rows (aoff empty): B^T B of every module; each thread runs every module on its share of
       the rows; the per-thread partials are combined row by row (three fork-joins).
     coef of module m = cscale * inv_out[m] = 1 / (M * sum_batch q * out_m). H..GH are per-thread
@@ -670,6 +692,12 @@ def _grad_step(Xs, Rs, rsqs, As, Bts, BtBs, gA_ps, gBt_ps, S_ps, Stots, Wms, Gms
                                           Gms[m], Fas[m], Was[m], lam)
                     sq_rows[goff[m] + row] = sq
                     pen_rows[goff[m] + row] = pen
+                if fuse:
+                    mid = offs[m] + a_len[m]
+                    _update_range(W, G, M1, M2, Fon, Fanc, Wanc, offs[m], mid, lr, 1.0, step, opt,
+                                  hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], lam)
+                    _update_range(W, G, M1, M2, Fon, Fanc, Wanc, mid, offs[m + 1], lr * ratio, 1.0, step, opt,
+                                  hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], lam)
     else:
         # phase 1: B^T B (r x r) of every module
         for idx in prange(roff[M]):
@@ -722,7 +750,7 @@ def _grad_step(Xs, Rs, rsqs, As, Bts, BtBs, gA_ps, gBt_ps, S_ps, Stots, Wms, Gms
 def _run_steps(Xs, Rs, rsqs, As, Bts, BtBs, gA_ps, gBt_ps, S_ps, Stots, Wms, Gms, Fas, Was,
                H, RB, WH, U, GH, inv_out, scales, roff, goff, loss_pm, sq_rows, pen_rows, assign, aoff,
                order, b_from, b_to, bs, q, lrs, step0, W, G, M1, M2, Fon, Fanc, Wanc, opt, hp,
-               c_lo, c_hi, c_mult):
+               c_lo, c_hi, c_mult, offs, a_len, ratio):
     """Minibatches b_from..b_to of an epoch (rows order[b*bs:(b+1)*bs]), each a `_grad_step`, the
     global clip and an `_update`: the whole inner loop runs without returning to Python.
 
@@ -732,6 +760,7 @@ def _run_steps(Xs, Rs, rsqs, As, Bts, BtBs, gA_ps, gBt_ps, S_ps, Stots, Wms, Gms
     """
     b1, b2, eps, wd, mom, decay, lam, max_norm = hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], hp[6], hp[7]
     M = len(Xs)
+    fuse = aoff.shape[0] > 0 and max_norm <= 0.0
     n_keep = order.shape[0]
     step = step0
     loss_sum = 0.0
@@ -749,36 +778,36 @@ def _run_steps(Xs, Rs, rsqs, As, Bts, BtBs, gA_ps, gBt_ps, S_ps, Stots, Wms, Gms
             continue
         loss, sq, pen = _grad_step(Xs, Rs, rsqs, As, Bts, BtBs, gA_ps, gBt_ps, S_ps, Stots, Wms, Gms, Fas, Was,
                                    H, RB, WH, U, GH, rows, q, 1.0 / (M * qb), inv_out, scales, lam, roff, goff,
-                                   loss_pm, sq_rows, pen_rows, assign, aoff)
+                                   loss_pm, sq_rows, pen_rows, assign, aoff, fuse, W, G, M1, M2, Fon, Fanc, Wanc,
+                                   offs, a_len, ratio, lr, step, opt, hp)
         if not (math.isfinite(loss) and math.isfinite(sq)):
             return step, loss_sum, count, pen_last, lr, 1
-        clip = 1.0
-        if max_norm > 0.0:
-            clip = min(1.0, max_norm / (math.sqrt(sq) + 1e-6))
-        _update(W, G, M1, M2, Fon, Fanc, Wanc, lam, clip, lr, opt, b1, b2, eps, wd, mom, step, decay,
-                c_lo, c_hi, c_mult)
+        if not fuse:
+            clip = 1.0
+            if max_norm > 0.0:
+                clip = min(1.0, max_norm / (math.sqrt(sq) + 1e-6))
+            _update(W, G, M1, M2, Fon, Fanc, Wanc, lam, clip, lr, opt, b1, b2, eps, wd, mom, step, decay,
+                    c_lo, c_hi, c_mult)
         loss_sum += loss
         count += 1
         pen_last = 0.5 * lam * pen
     return step, loss_sum, count, pen_last, lr, 0
 
 
-@njit(cache=True, parallel=True, fastmath=_FM_UPDATE)
-def _update(W, G, M1, M2, Fon, Fanc, Wanc, lam, clip, lr, opt, b1, b2, eps, wd, momentum, step, decay,
-            c_lo, c_hi, c_mult):
-    """One optimiser step over every parameter (flat), fused with EWC, clipping and the Fisher.
+@njit(cache=True, inline="always", fastmath=_FM_UPDATE)
+def _update_range(W, G, M1, M2, Fon, Fanc, Wanc, start, end, lr, clip, step, opt, b1, b2, eps, wd, momentum,
+                  decay, lam):
+    """The optimiser step for parameters start..end (one learning rate), fused with the online
+    Fisher, the EWC penalty gradient and the clip.
 
-    The flat vector is cut into chunks (c_lo, c_hi) with one learning-rate multiplier each (1 for A,
-    loraplus_ratio for B). Each chunk is done in L1-sized blocks by a few short loops that touch at
-    most three arrays each: a loop over six arrays would need more runtime alias checks than the
-    compiler allows and would not vectorise.
+    Done in L1-sized blocks by a few short loops that touch at most three arrays each: a loop over
+    six arrays needs more runtime alias checks than the compiler allows and would not vectorise.
     """
     bc1 = np.float32(1.0 - b1 ** step)
     rbc2 = np.float32(1.0 / math.sqrt(1.0 - b2 ** step))
     f_keep = np.float32(decay)
     f_new = np.float32(1.0 - decay)
     lam32 = np.float32(lam)
-    ewc = lam > 0.0
     c32 = np.float32(clip)
     b1f = np.float32(b1)
     b1c = np.float32(1.0 - b1)
@@ -787,59 +816,68 @@ def _update(W, G, M1, M2, Fon, Fanc, Wanc, lam, clip, lr, opt, b1, b2, eps, wd, 
     eps32 = np.float32(eps)
     wd32 = np.float32(wd)
     mom = np.float32(momentum)
-    for c in prange(c_lo.shape[0]):
-        lrp = np.float32(lr * c_mult[c])
-        step_a = lrp / bc1
-        decay_w = np.float32(1.0) - lrp * wd32
-        for lo in range(c_lo[c], c_hi[c], 1024):
-            hi = min(c_hi[c], lo + 1024)
-            g = G[lo:hi]
-            w = W[lo:hi]
-            f = Fon[lo:hi]
-            m1 = M1[lo:hi]
-            m2 = M2[lo:hi]
-            nb = hi - lo
-            for p in range(nb):  # online Fisher from the data gradient
-                f[p] = f_keep * f[p] + f_new * g[p] * g[p]
-            if ewc:  # + EWC penalty gradient
-                fa = Fanc[lo:hi]
-                wa = Wanc[lo:hi]
-                for p in range(nb):
-                    g[p] += lam32 * fa[p] * (w[p] - wa[p])
-            if clip != 1.0:
-                for p in range(nb):
-                    g[p] *= c32
-            if opt == 0:  # AdamW: decoupled weight decay
-                for p in range(nb):
-                    m1[p] = b1f * m1[p] + b1c * g[p]
-                for p in range(nb):
-                    m2[p] = b2f * m2[p] + b2c * g[p] * g[p]
-                for p in range(nb):
-                    w[p] = w[p] * decay_w - step_a * m1[p] / (math.sqrt(m2[p]) * rbc2 + eps32)
-            elif opt == 1:  # Adam: L2 term in the gradient
-                for p in range(nb):
-                    g[p] += wd32 * w[p]
-                for p in range(nb):
-                    m1[p] = b1f * m1[p] + b1c * g[p]
-                for p in range(nb):
-                    m2[p] = b2f * m2[p] + b2c * g[p] * g[p]
-                for p in range(nb):
-                    w[p] = w[p] - step_a * m1[p] / (math.sqrt(m2[p]) * rbc2 + eps32)
-            else:  # SGD, optional momentum (torch: buf = mu * buf + g, first buf = g)
-                for p in range(nb):
-                    g[p] += wd32 * w[p]
-                if mom > 0.0:
-                    if step == 1:
-                        for p in range(nb):
-                            m1[p] = g[p]
-                    else:
-                        for p in range(nb):
-                            m1[p] = mom * m1[p] + g[p]
+    lrp = np.float32(lr)
+    step_a = lrp / bc1
+    decay_w = np.float32(1.0) - lrp * wd32
+    for lo in range(start, end, 1024):
+        hi = min(end, lo + 1024)
+        g = G[lo:hi]
+        w = W[lo:hi]
+        f = Fon[lo:hi]
+        m1 = M1[lo:hi]
+        m2 = M2[lo:hi]
+        nb = hi - lo
+        for p in range(nb):  # online Fisher from the data gradient
+            f[p] = f_keep * f[p] + f_new * g[p] * g[p]
+        if lam > 0.0:  # + EWC penalty gradient
+            fa = Fanc[lo:hi]
+            wa = Wanc[lo:hi]
+            for p in range(nb):
+                g[p] += lam32 * fa[p] * (w[p] - wa[p])
+        if clip != 1.0:
+            for p in range(nb):
+                g[p] *= c32
+        if opt == 0:  # AdamW: decoupled weight decay
+            for p in range(nb):
+                m1[p] = b1f * m1[p] + b1c * g[p]
+            for p in range(nb):
+                m2[p] = b2f * m2[p] + b2c * g[p] * g[p]
+            for p in range(nb):
+                w[p] = w[p] * decay_w - step_a * m1[p] / (math.sqrt(m2[p]) * rbc2 + eps32)
+        elif opt == 1:  # Adam: L2 term in the gradient
+            for p in range(nb):
+                g[p] += wd32 * w[p]
+            for p in range(nb):
+                m1[p] = b1f * m1[p] + b1c * g[p]
+            for p in range(nb):
+                m2[p] = b2f * m2[p] + b2c * g[p] * g[p]
+            for p in range(nb):
+                w[p] = w[p] - step_a * m1[p] / (math.sqrt(m2[p]) * rbc2 + eps32)
+        else:  # SGD, optional momentum (torch: buf = mu * buf + g, first buf = g)
+            for p in range(nb):
+                g[p] += wd32 * w[p]
+            if mom > 0.0:
+                if step == 1:
                     for p in range(nb):
-                        w[p] -= lrp * m1[p]
+                        m1[p] = g[p]
                 else:
                     for p in range(nb):
-                        w[p] -= lrp * g[p]
+                        m1[p] = mom * m1[p] + g[p]
+                for p in range(nb):
+                    w[p] -= lrp * m1[p]
+            else:
+                for p in range(nb):
+                    w[p] -= lrp * g[p]
+
+
+@njit(cache=True, parallel=True, fastmath=_FM_UPDATE)
+def _update(W, G, M1, M2, Fon, Fanc, Wanc, lam, clip, lr, opt, b1, b2, eps, wd, momentum, step, decay,
+            c_lo, c_hi, c_mult):
+    """One optimiser step over every parameter (flat), in chunks (c_lo, c_hi) with one learning-rate
+    multiplier each (1 for A, loraplus_ratio for B)."""
+    for c in prange(c_lo.shape[0]):
+        _update_range(W, G, M1, M2, Fon, Fanc, Wanc, c_lo[c], c_hi[c], lr * c_mult[c], clip, step, opt,
+                      b1, b2, eps, wd, momentum, decay, lam)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -1024,6 +1062,9 @@ class _Workspace:
         self.WH = np.empty((self.T, rows_max, r_max), np.float32)
         self.GH = np.empty((self.T, rows_max, r_max), np.float32)
         self.assign, self.aoff = self._schedule()
+        self.a_len = np.array([self.shapes[k][0] * self.shapes[k][1] for k in self.keys], np.int64)
+        self.hp_dummy = np.zeros(8, np.float64)
+        self.loraplus = 1.0
         # per-module partials (combined after every module ran)
         self.gA_p = {k: np.empty((self.T, r, din), np.float32) for k, (r, din, dout) in self.shapes.items()}
         self.gBt_p = {k: np.empty((self.T, r, dout), np.float32) for k, (r, din, dout) in self.shapes.items()}
@@ -1077,6 +1118,7 @@ class _Workspace:
                     lo_.append(c)
                     hi_.append(min(b, c + chunk))
                     mult.append(m)
+        self.loraplus = float(ratio)
         self.c_lo = np.array(lo_, np.int64)
         self.c_hi = np.array(hi_, np.int64)
         self.c_mult = np.array(mult, np.float64)
@@ -1100,9 +1142,11 @@ class _Workspace:
 
     def grad_step(self, kit, rows, q, qsum, lam):
         """Gradients of every module into self.G; returns (loss, squared norm, EWC penalty sum)."""
+        e = self.empty32
         return _grad_step(*kit, self.H, self.RB, self.WH, self.U, self.GH, rows, q, 1.0 / (self.M * qsum),
                           self.inv_out, self.scale_arr, lam, self.roff, self.goff, self.loss_pm, self.sq_rows,
-                          self.pen_rows, self.assign, self.aoff)
+                          self.pen_rows, self.assign, self.aoff, False, e, e, e, e, e, e, e, self.offsets,
+                          self.a_len, 1.0, 0.0, 1, 0, self.hp_dummy)
 
     def f32_rows(self, arr: np.ndarray, rows: np.ndarray, tag) -> np.ndarray:
         """Gather `rows` of `arr` into the first rows of a preallocated float32 buffer (float16 is
@@ -1302,6 +1346,26 @@ def train(
     history row as it is recorded.
     """
     settings = (settings or TrainSettings()).validate()
+    previous = numba.get_num_threads()
+    if settings.num_threads:
+        numba.set_num_threads(settings.num_threads)
+    try:
+        return _train(problems, A, B, scale, q_train, q_val, settings, ewc, progress)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _train(
+    problems: list[ModuleProblem],
+    A: dict[str, np.ndarray],
+    B: dict[str, np.ndarray],
+    scale: float | dict[str, float],
+    q_train: np.ndarray,
+    q_val: np.ndarray,
+    settings: TrainSettings | None = None,
+    ewc: EwcState | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> TrainResult:
     q_train = np.asarray(q_train)
     q_val = np.asarray(q_val)
     _check_problems(problems, A, B, q_train, q_val)
@@ -1492,7 +1556,8 @@ def train(
             else:
                 out = _run_steps(*kit, ws.H, ws.RB, ws.WH, ws.U, ws.GH, ws.inv_out, ws.scale_arr, ws.roff, ws.goff,
                                  ws.loss_pm, ws.sq_rows, ws.pen_rows, ws.assign, ws.aoff, order, b, b_to, bs, q_tr32, lrs, step,
-                                 ws.W, ws.G, ws.M1, ws.M2, Fon, Fanc, Wanc, opt, hp, ws.c_lo, ws.c_hi, ws.c_mult)
+                                 ws.W, ws.G, ws.M1, ws.M2, Fon, Fanc, Wanc, opt, hp, ws.c_lo, ws.c_hi, ws.c_mult,
+                                 ws.offsets, ws.a_len, ws.loraplus)
             step, loss_sum, count, pen_last, lr_last, status = out
             if status:
                 raise FloatingPointError(f"training loss stopped being finite at step {step}: lower the learning_rate")

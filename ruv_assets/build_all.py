@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from dagster import DagsterInstance, Failure, OpExecutionContext, build_sensor_context, job, op
 
 
-def observe_declarations(instance: DagsterInstance) -> None:
+def observe_catalogue(instance: DagsterInstance) -> None:
     """Record the catalogue's current entries, so staleness after an edit is visible."""
     from dagster._core.definitions.observe import observe
 
-    from ruv_assets.assets.declarations import adapter_declaration, composite_declaration
+    from ruv_assets.assets.entries import adapter_entry, composite_entry
 
-    for source in (adapter_declaration, composite_declaration):  # one job each: different partitions
+    for source in (adapter_entry, composite_entry):  # one job each: different partitions
         observe([source], instance=instance)
 
 
@@ -52,8 +52,8 @@ def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, c
         log(f"{job_name}[{partition}]: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s (run {result.run_id[:8]})")
         return result.success
 
-    observe_declarations(instance)
-    log("observed adapter_declaration and composite_declaration (catalogue entries)")
+    observe_catalogue(instance)
+    log("observed adapter_entry and composite_entry (catalogue entries)")
     for name in adapters if adapters is not None else catalogue.adapter_names:
         run("train_job", name)
     for name in composites if composites is not None else catalogue.composite_names:

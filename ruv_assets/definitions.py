@@ -4,7 +4,7 @@ from dagster import Definitions
 
 from resources.dagster_resources import SlotsResource, StoreIOManager, StoreResource
 from ruv_assets.assets.dataset import synthetic_dataset
-from ruv_assets.assets.declarations import adapter_declaration, composite_declaration
+from ruv_assets.assets.entries import adapter_entry, composite_entry
 from ruv_assets.assets.merged import merged_adapter
 from ruv_assets.assets.preset import preset_adapter
 from ruv_assets.assets.served import served_adapter
@@ -16,7 +16,7 @@ from ruv_assets.schedules import retrain_schedule
 from ruv_assets.sensors import promotion_sensor
 
 defs = Definitions(
-    assets=[adapter_declaration, composite_declaration, preset_adapter, synthetic_dataset, trained_adapter, merged_adapter, served_adapter],
+    assets=[adapter_entry, composite_entry, preset_adapter, synthetic_dataset, trained_adapter, merged_adapter, served_adapter],
     jobs=[train_job, merge_job, promote_job, build_all_job],
     sensors=[promotion_sensor],
     schedules=[retrain_schedule],

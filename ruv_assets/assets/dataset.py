@@ -35,7 +35,7 @@ def synthetic_to_dataset(name: str, task, targets: list[str], num_layers: int, s
 
 @asset(
     partitions_def=adapter_partitions,
-    deps=["adapter_declaration"],
+    deps=["adapter_entry"],
     code_version=versions.SYNTHETIC_DATASET,
     io_manager_key="store_io",
     group_name="data",

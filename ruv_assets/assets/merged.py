@@ -49,7 +49,7 @@ def trained_to_composites() -> StaticPartitionMapping:
 
 @asset(
     partitions_def=composite_partitions,
-    deps=["composite_declaration"],
+    deps=["composite_entry"],
     code_version=versions.MERGED_ADAPTER,
     io_manager_key="store_io",
     group_name="adapters",

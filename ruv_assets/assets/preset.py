@@ -20,7 +20,7 @@ from ruv_assets.resources import GeometryResource
 
 @asset(
     partitions_def=adapter_partitions,
-    deps=["adapter_declaration"],
+    deps=["adapter_entry"],
     code_version=versions.PRESET_ADAPTER,
     io_manager_key="store_io",
     group_name="adapters",

@@ -355,6 +355,17 @@ def test_determinism_for_a_seed():
     assert r1.history == r2.history
 
 
+def test_single_thread_run_matches_to_rounding():
+    import numba
+
+    _, probs, qt, qv = small_task(n=200)
+    A, B = peft_init(probs, 4)
+    default = train(probs, A, B, 2.0, qt, qv, FAST.replace(epochs=3))
+    single = train(probs, A, B, 2.0, qt, qv, FAST.replace(epochs=3, num_threads=1))
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # restored
+    assert single.val_loss == pytest.approx(default.val_loss, rel=1e-4)
+
+
 def test_float16_storage_trains_like_float32():
     t, probs, qt, qv = small_task(hidden=48, n=400, truth_scale=60.0, noise=0.5)
     half = [ModuleProblem(p.key, p.X_train.astype(np.float16), p.R_train.astype(np.float16),
@@ -486,6 +497,8 @@ def test_ewc_state_errors():
         (dict(fisher_decay=1.0), "fisher_decay"),
         (dict(gamma=2.0, schedule="step"), "gamma"),
         (dict(batch_size=2.5), "batch_size"),
+        (dict(num_threads=-1), "num_threads"),
+        (dict(num_threads=10_000), "num_threads"),
     ],
 )
 def test_bad_settings_raise_naming_the_field(change, field):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_everything_is_defined():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"adapter_declaration", "composite_declaration", "preset_adapter", "synthetic_dataset",
+    assert keys == {"adapter_entry", "composite_entry", "preset_adapter", "synthetic_dataset",
                     "trained_adapter", "merged_adapter", "served_adapter"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {("trained_adapter", n) for n in ("weights_finite", "beats_zero_adapter", "near_noise_floor")} | {

@@ -14,13 +14,13 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver
 from dagster._core.loader import LoadingContextForTest
 from safetensors.numpy import save_file
 
-import ruv_assets.assets.declarations as declarations
+import ruv_assets.assets.entries as entries
 import ruv_assets.catalogue as catalogue_module
 from resources.peft_format import load_adapter
 from resources.slot import Slot, slots_root
 from resources.slot_reader import SlotReader
 from resources.store import ArtifactStore
-from ruv_assets.build_all import build_all, observe_declarations
+from ruv_assets.build_all import build_all, observe_catalogue
 from ruv_assets.definitions import defs
 from ruv_assets.schedules import retrain_schedule
 from ruv_assets.sensors import checks_passed, promotion_sensor
@@ -205,8 +205,8 @@ def test_changing_one_rank_marks_only_that_chain_stale(built, monkeypatch):
     current = catalogue_module.current_catalogue()
     coder = current.adapter("coder").model_copy(update={"rank": 8})
     changed = catalogue_module.Catalogue([coder if a.name == "coder" else a for a in current.adapters()], current.composites(), current.geometry, current.source)
-    monkeypatch.setattr(declarations, "current_catalogue", lambda: changed)
-    observe_declarations(instance)
+    monkeypatch.setattr(entries, "current_catalogue", lambda: changed)
+    observe_catalogue(instance)
     assert status("preset_adapter", "coder") == "STALE" and status("synthetic_dataset", "coder") == "STALE"
     assert all(status(a, p) == "FRESH" for a, p in others)
     # Dagster marks one hop at a time: re-materialising a stale asset marks its dependants

@@ -21,7 +21,7 @@ def entry_version(entry, geometry) -> str:
     group_name="catalogue",
     description="Each adapter's entry in the catalogue (presets and custom adapters); observe after editing it.",
 )
-def adapter_declaration():
+def adapter_entry():
     catalogue = current_catalogue()
     return DataVersionsByPartition({a.name: DataVersion(entry_version(a, catalogue.geometry)) for a in catalogue.adapters()})
 
@@ -31,6 +31,6 @@ def adapter_declaration():
     group_name="catalogue",
     description="Each composite's entry in the catalogue (method, sources, parameters); observe after editing it.",
 )
-def composite_declaration():
+def composite_entry():
     catalogue = current_catalogue()
     return DataVersionsByPartition({c.name: DataVersion(entry_version(c, catalogue.geometry)) for c in catalogue.composites()})
