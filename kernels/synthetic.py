@@ -20,15 +20,20 @@ What a task's data is (DESIGN.md section 2):
 - Truth: per (layer, module) a rank-`k` delta `U @ V` (`k = max(1, rank // 2)`, at most the preset
   rank): `V [k, in]` has unit rows inside the input subspace, `U [out, k]` has columns of norm
   `truth_scale * (1 - t / (2k))`. It is stored as the factors (U, V), not the dense matrix.
-- Targets: `R = X @ V.T @ U.T + noise`, noise uniform with per-example std
+- Targets: `R = X @ V.T @ U.T + noise` (V x is evaluated in latent coordinates, equal to X @ V.T
+  up to float32 rounding), noise uniform with per-example std
   `noise_std_i = noise * (1 + 4 * (1 - q_i))`: low-quality examples are noisier, so weighting by
   quality helps. `noise_floor` is the quality-weighted mean of `noise_std^2` over the validation
   rows: the expected weighted validation loss (per output element) of the truth itself.
 
 Units: `truth_scale` is large (400) because LoRA's Kaiming-initialised A keeps whatever it starts
 with in directions the data never excite; only a delta that is large next to that leftover makes
-"relative Frobenius error < 0.1" achievable. Targets are therefore ~O(50) per element and the
+"relative Frobenius error < 0.1" achievable. Targets are therefore ~O(100) per element and the
 noise floor ~O(30); only ratios (val / floor, delta error) mean anything.
+
+Memory: all input and target arrays of a task are views into one float32 block (one large
+allocation instead of dozens of fresh 3 MB ones, whose page faults cost more than the arithmetic);
+the block is freed when the last of them is.
 
 Everything is a pure function of (seed, task, layer, kind/module, row, column) through a
 counter-based splitmix64 hash, so rows are generated in parallel and the result is bit-identical

@@ -62,6 +62,7 @@ import numpy as np
 from numba import njit, prange
 from numba.typed import List
 
+from kernels.modules import INPUT_KIND
 from kernels.schedules import _resolve as _resolve_schedule
 from kernels.schedules import lr_table, schedule_name
 
@@ -987,8 +988,6 @@ def build_problems(inputs: dict, targets: dict, train_idx, val_idx, input_key: C
 
     Each input is row-gathered once and shared by every module that reads it (q/k/v).
     """
-    from kernels.modules import INPUT_KIND
-
     if input_key is None:
         def input_key(key: str) -> str:
             prefix, module = key.rsplit(".", 1)

@@ -1,7 +1,6 @@
 """Synthetic task data: determinism, per-task differences, shapes, truth, quality, noise floor,
 user-data validation."""
 
-import time
 
 import numpy as np
 import pytest
@@ -200,19 +199,6 @@ def test_generator_argument_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         generate_task(**args)
-
-
-def test_generation_speed_1000_examples_at_768():
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    generate_task("coder", targets, 16, 768, 3072, 1, 1000, 0)  # JIT warm-up / cache load
-    times = []
-    for _ in range(15):
-        t0 = time.perf_counter()
-        generate_task("coder", targets, 16, 768, 3072, 1, 1000, 0)
-        times.append(time.perf_counter() - t0)
-    # target is 2 ms (bench/bench_synthetic.py); the test only guards against regressions on a
-    # busy machine
-    assert min(times) < 0.02
 
 
 # ---------------------------------------------------------------------------------------------
