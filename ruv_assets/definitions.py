@@ -1,6 +1,11 @@
-"""The one Definitions object of the ruv-assets code location."""
+"""The one Definitions object of the ruv-assets code location.
 
-from dagster import Definitions
+Runs execute in process: every step of a run shares one Python process, so Dagster, Numba and
+the kernels' cached machine code load once per run instead of once per step (measured on the
+coder chain from the CLI: 5.4 s warm in process against 9.7 s with a subprocess per step).
+"""
+
+from dagster import Definitions, in_process_executor
 
 from resources.dagster_resources import SlotsResource, StoreIOManager, StoreResource
 from ruv_assets.assets.dataset import synthetic_dataset
@@ -20,6 +25,7 @@ defs = Definitions(
     jobs=[train_job, merge_job, promote_job, build_all_job],
     sensors=[promotion_sensor],
     schedules=[retrain_schedule],
+    executor=in_process_executor,
     resources={
         "store": StoreResource(),
         "store_io": StoreIOManager(),
