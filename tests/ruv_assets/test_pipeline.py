@@ -167,13 +167,18 @@ def test_bad_training_config_fails_before_writing(built, config, message):
     assert store.versions("trained_adapter", "coder") == before
 
 
-def test_user_data_with_nan_is_refused(built, tmp_path):
+@pytest.mark.parametrize(
+    "x_width,nan,message",
+    [(768, True, "layers.0.q_proj: R has a non-finite value"), (700, False, "layers.0.q_proj: X has shape [20, 700], expected [20, 768]")],
+)
+def test_bad_user_data_is_refused(built, tmp_path, x_width, nan, message):
     instance, _, store = built
     folder = tmp_path / "user"
     folder.mkdir()
-    X = np.random.default_rng(0).standard_normal((20, 768)).astype(np.float32)
+    X = np.random.default_rng(0).standard_normal((20, x_width)).astype(np.float32)
     R = np.zeros((20, 768), np.float32)
-    R[3, 5] = np.nan
+    if nan:
+        R[3, 5] = np.nan
     save_file({"X": X, "R": R}, str(folder / "layers.0.q_proj.safetensors"))
     before = store.versions("synthetic_dataset", "reviewer")
     result = defs.resolve_job_def("train_job").execute_in_process(
@@ -181,7 +186,7 @@ def test_user_data_with_nan_is_refused(built, tmp_path):
         run_config={"ops": {"synthetic_dataset": {"config": {"user_folder": str(folder)}}}})
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "layers.0.q_proj: R has a non-finite value" in str(failure.event_specific_data.error)
+    assert message in str(failure.event_specific_data.error)
     assert store.versions("synthetic_dataset", "reviewer") == before
 
 
