@@ -19,17 +19,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels.hashing import mix64 as _mix64
+
 QUALITY_TASKS = ("coder", "researcher", "security", "architect", "reviewer")
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-@njit(cache=True, inline="always")
-def _mix64(z):
-    """splitmix64 finaliser: a bijective 64-bit hash (uint64 in, uint64 out)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 @njit(cache=True, inline="always")

@@ -48,6 +48,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
+from kernels.hashing import all_finite as _all_finite
+from kernels.hashing import mix64 as _mix64
+from kernels.hashing import mix64_py as _mix_py
 from kernels.modules import ALL_MODULES, INPUT_KIND, module_shape
 from kernels.quality import quality_scores
 
@@ -78,26 +81,12 @@ def stable_hash(text: str) -> int:
     return h
 
 
-def _mix_py(z: int) -> int:
-    z &= _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
 def _derive(*parts: int) -> int:
     """Key for a stream: a chain of splitmix64 over the parts (order matters)."""
     k = 0x243F6A8885A308D3
     for p in parts:
         k = _mix_py(k ^ _mix_py((int(p) + _GOLDEN_PY) & _MASK))
     return k
-
-
-@njit(cache=True, inline="always")
-def _mix64(z):
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 @njit(cache=True, inline="always")
@@ -343,15 +332,6 @@ def _noise_std(q, noise, slope):
     for i in range(q.shape[0]):
         out[i] = np.float32(noise * (1.0 + slope * (1.0 - q[i])))
     return out
-
-
-@njit(cache=True)
-def _all_finite(flat):
-    for i in range(flat.shape[0]):
-        v = flat[i]
-        if not (v == v and abs(v) < np.inf):
-            return False
-    return True
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ import numpy as np
 from numba import njit, prange
 from numba.typed import List
 
+from kernels.hashing import all_finite as _all_finite
+from kernels.hashing import mix64 as _mix64
 from kernels.modules import INPUT_KIND
 from kernels.schedules import _resolve as _resolve_schedule
 from kernels.schedules import lr_table, schedule_name
@@ -935,22 +937,6 @@ def _qsum(q, rows):
     for i in range(rows.shape[0]):
         acc += q[rows[i]]
     return acc
-
-
-@njit(cache=True)
-def _all_finite(flat):
-    for i in range(flat.shape[0]):
-        v = flat[i]
-        if not (v == v and abs(v) < np.inf):
-            return False
-    return True
-
-
-@njit(cache=True)
-def _mix64(z):
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 @njit(cache=True)

@@ -18,6 +18,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from kernels.hashing import mix64 as _mix64
+from kernels.hashing import mix64_py as _mix64_py
+
 # Elements per parallel work item: large enough to amortise scheduling, small enough that two
 # threads stay balanced. Loops run over slices of a tile (`y = x[lo:hi]; y[q]`) so Numba can
 # prove the index non-negative and LLVM vectorises them.
@@ -324,20 +327,6 @@ def ties_into(stack: np.ndarray, density: float | None, weights, lam: float, out
 # Entry p of a tensor with key K is kept iff (splitmix64(K + (p + 1) * GAMMA) >> 32) <
 # floor(density * 2**32): the p-th output of a SplitMix64 stream seeded with K.
 # --------------------------------------------------------------------------------------------
-
-
-@njit(cache=True, inline="always")
-def _mix64(z):
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _mix64_py(z: int) -> int:
-    z &= _M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
 
 
 def dare_key(seed: int, source_index: int, module_key: str) -> int:

@@ -1,0 +1,37 @@
+"""Counter-based randomness shared by the kernels: the splitmix64 finaliser, in Numba and in Python.
+
+Streams keyed this way are bit-identical whatever the thread count or numpy version, which is
+why synthetic data, training shuffles, quality draws and DARE masks use it instead of np.random.
+"""
+
+import numpy as np
+from numba import njit
+
+MASK64 = 0xFFFFFFFFFFFFFFFF
+GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: the splitmix64 increment
+
+
+@njit(cache=True, inline="always")
+def mix64(z):
+    """splitmix64 finaliser: a bijective 64-bit hash (uint64 in, uint64 out)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def mix64_py(z: int) -> int:
+    """The same finaliser on Python ints (for deriving stream keys outside kernels)."""
+    z &= MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+@njit(cache=True)
+def all_finite(flat):
+    """True when no value of a 1-D array is NaN or infinite (stops at the first bad one)."""
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if not (v == v and abs(v) < np.inf):
+            return False
+    return True
