@@ -89,3 +89,20 @@ def test_spec_validates(field, value, message):
     kwargs[field] = value
     with pytest.raises(ValueError, match=message):
         AdapterSpec(**kwargs)
+
+
+@pytest.mark.parametrize("m,n_in,n_out,r", [(1, 5, 3, 1), (4, 17, 9, 3)])
+def test_forward_stacked_matches_per_module(m, n_in, n_out, r):
+    rng = np.random.default_rng(m)
+    X = rng.standard_normal((m, n_in)).astype(np.float32)
+    A = rng.standard_normal((m, r, n_in)).astype(np.float32)
+    B = rng.standard_normal((m, n_out, r)).astype(np.float32)
+    out = lora.forward_stacked_into(X, A, B, np.float32(0.5), np.empty(r, np.float32), np.empty((m, n_out), np.float32))
+    for i in range(m):
+        np.testing.assert_allclose(out[i], 0.5 * B[i] @ (A[i] @ X[i]), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_propagates_nan():
+    A, B = np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)
+    x = np.array([1.0, np.nan, 2.0], np.float32)
+    assert np.isnan(lora.forward_vector(x, A, B, 1.0)).all()
