@@ -97,7 +97,8 @@ def test_forward_stacked_matches_per_module(m, n_in, n_out, r):
     X = rng.standard_normal((m, n_in)).astype(np.float32)
     A = rng.standard_normal((m, r, n_in)).astype(np.float32)
     B = rng.standard_normal((m, n_out, r)).astype(np.float32)
-    out = lora.forward_stacked_into(X, A, B, np.float32(0.5), np.empty(r, np.float32), np.empty((m, n_out), np.float32))
+    Bt = np.ascontiguousarray(B.transpose(0, 2, 1))
+    out = lora.forward_stacked_into(X, A, Bt, np.float32(0.5), np.empty(r, np.float32), np.empty((m, n_out), np.float32))
     for i in range(m):
         np.testing.assert_allclose(out[i], 0.5 * B[i] @ (A[i] @ X[i]), rtol=1e-5, atol=1e-5)
 
