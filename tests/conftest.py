@@ -2,13 +2,16 @@
 
 import os
 
-import numpy as np
-import pytest
+# Compile once per machine, not once per test process; absolute, because CLI tests run elsewhere.
+os.environ["NUMBA_CACHE_DIR"] = os.path.abspath(
+    os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(os.path.dirname(__file__)), ".numba_cache")
 
-from kernels.adapter import AdapterSpec, LoraAdapter
+import numpy as np  # noqa: E402  (numba reads NUMBA_CACHE_DIR when it is imported)
+import pytest  # noqa: E402
 
-# Compile once per machine, not once per test process.
-os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".numba_cache"))
+from kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
+
+)
 
 
 @pytest.fixture

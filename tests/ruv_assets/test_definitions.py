@@ -62,3 +62,27 @@ def test_cli_materialise_and_sensor_preview(tmp_path):
                              env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert preview.returncode == 0, preview.stderr[-2000:]
     assert "nothing new to promote" in preview.stdout + preview.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_cli_build_all_job_fills_every_slot(tmp_path):
+    """`dagster job execute -j build_all_job`: every stage for every partition, on a small model."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(
+        "geometry: {hidden_size: 96, intermediate_size: 160, num_layers: 1}\n"
+        "adapters:\n  - {name: docs, rank: 4, alpha: 8, target_modules: [q_proj, v_proj], tags: [docs]}\n"
+        "composites:\n  - {name: pair, method: weighted, sources: [coder, docs], weights: [0.5, 0.5]}\n"
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(home), "RUV_HOME": str(tmp_path / "ruv"), "RUV_CATALOGUE": str(catalogue)}
+    done = subprocess.run([DAGSTER, "job", "execute", "-m", "ruv_assets.definitions", "-j", "build_all_job"],
+                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    slots = sorted(p.name for p in (tmp_path / "ruv" / "slots").iterdir())
+    assert slots == sorted(["coder", "researcher", "security", "architect", "reviewer", "docs", "pair"])
+    for name in slots:
+        assert (tmp_path / "ruv" / "slots" / name / "active" / "adapter_model.safetensors").is_file()
