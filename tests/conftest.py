@@ -3,15 +3,15 @@
 import os
 
 # Compile once per machine, not once per test process; absolute, because CLI tests run elsewhere.
+# Set before numba is imported: it reads NUMBA_CACHE_DIR then.
 os.environ["NUMBA_CACHE_DIR"] = os.path.abspath(
     os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(os.path.dirname(__file__)), ".numba_cache")
+)
 
-import numpy as np  # noqa: E402  (numba reads NUMBA_CACHE_DIR when it is imported)
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
-
-)
 
 
 @pytest.fixture
