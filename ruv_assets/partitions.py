@@ -5,7 +5,7 @@ from dagster import StaticPartitionsDefinition
 from ruv_assets.catalogue import current_catalogue
 
 adapter_partitions = StaticPartitionsDefinition(current_catalogue().adapter_names)
-composite_partitions = StaticPartitionsDefinition(current_catalogue().composite_names or ["none"])
+composite_partitions = StaticPartitionsDefinition(current_catalogue().composite_names)
 # A slot per adapter and per composite: what a serving process reads.
 slot_partitions = StaticPartitionsDefinition(current_catalogue().adapter_names + current_catalogue().composite_names)
 
