@@ -77,6 +77,14 @@ def fsync_tree(path: Path) -> None:
     fsync_dir(path)
 
 
+def publishable_mode(path: Path) -> None:
+    """mkdtemp makes 0700 directories; published ones follow the umask like any other directory,
+    so a server running as another user can read them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -105,6 +113,7 @@ class ArtifactStore:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
         try:
             writer(tmp)
+            publishable_mode(tmp)
             fsync_tree(tmp)
             version = hash_directory(tmp)
             final = parent / version

@@ -192,3 +192,26 @@ def _cached(path: str | None) -> Catalogue:
 def current_catalogue() -> Catalogue:
     """The catalogue named by `RUV_CATALOGUE` (or the shipped one), read once per path."""
     return _cached(os.environ.get("RUV_CATALOGUE") or None)
+
+
+def current_geometry(**explicit: int | None) -> ModelGeometry:
+    """The model geometry in force: explicit values (Dagster config), else `RUV_HIDDEN_SIZE`,
+    `RUV_INTERMEDIATE_SIZE`, `RUV_NUM_LAYERS`, else the catalogue's `geometry`."""
+    base = current_catalogue().geometry
+    values = {}
+    for field in ("hidden_size", "intermediate_size", "num_layers"):
+        value = explicit.get(field)
+        if value is None:
+            env = os.environ.get(f"RUV_{field.upper()}")
+            if env:
+                try:
+                    value = int(env)
+                except ValueError:
+                    raise CatalogueError(f"RUV_{field.upper()}={env!r} is not an integer") from None
+            else:
+                value = getattr(base, field)
+        values[field] = value
+    try:
+        return ModelGeometry(**values)
+    except ValidationError as exc:
+        raise CatalogueError(f"geometry: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None

@@ -11,7 +11,7 @@ def merge_sources(sources: list[LoraAdapter]) -> list[dict]:
     return [{k: (s.A[k].astype(np.float32), s.B[k].astype(np.float32), s.scale) for k in s.keys()} for s in sources]
 
 
-def merged_adapter_from(result, sources: list[LoraAdapter]) -> LoraAdapter:
+def merged_adapter_from(result, sources: list[LoraAdapter], intermediate_size: int | None = None) -> LoraAdapter:
     """A PEFT adapter holding a merge result: rank R, alpha R (scale 1), targets the union."""
     first = sources[0].spec
     present = {split_key(k)[1] for k in result.modules}
@@ -20,7 +20,7 @@ def merged_adapter_from(result, sources: list[LoraAdapter]) -> LoraAdapter:
         alpha=float(result.rank),
         targets=tuple(m for m in ALL_MODULES if m in present),
         hidden_size=first.hidden_size,
-        intermediate_size=first.intermediate_size,
+        intermediate_size=intermediate_size or first.intermediate_size,
         num_layers=first.num_layers,
         dropout=max(s.spec.dropout for s in sources),
     )

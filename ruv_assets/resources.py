@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ruv_assets.catalogue import current_catalogue
+from ruv_assets.catalogue import current_geometry
 from ruv_assets.config import ModelGeometry
 
 
@@ -20,12 +18,4 @@ class GeometryResource(ConfigurableResource):
     num_layers: int | None = Field(None, ge=1)
 
     def geometry(self) -> ModelGeometry:
-        base = current_catalogue().geometry
-        values = {}
-        for field in ("hidden_size", "intermediate_size", "num_layers"):
-            value = getattr(self, field)
-            if value is None:
-                env = os.environ.get(f"RUV_{field.upper()}")
-                value = int(env) if env else getattr(base, field)
-            values[field] = value
-        return ModelGeometry(**values)
+        return current_geometry(hidden_size=self.hidden_size, intermediate_size=self.intermediate_size, num_layers=self.num_layers)

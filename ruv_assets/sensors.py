@@ -4,6 +4,14 @@ It reads materialisations of `trained_adapter` and `merged_adapter` newer than i
 last event storage id seen), drops those whose blocking checks did not all pass in their run,
 and requests one promotion run for the newest remaining materialisation of each partition
 (run key = that materialisation's storage id, so a re-evaluation never promotes twice).
+
+Two guards keep it right without trusting the cursor alone:
+- a materialisation whose run has not finished yet (its check results may still be coming) stops
+  the scan there, and the cursor stays just before it, so the next tick looks again;
+- a materialisation at or below the source storage id the partition's last `served_adapter`
+  recorded was already promoted (or superseded), and one with the data version already served is
+  the same bytes: neither is requested, so a fresh cursor (e.g. the daemon's first tick after
+  `make run`) does not undo a promotion or a user's rollback.
 """
 
 from dagster import (
@@ -18,14 +26,27 @@ from dagster import (
     sensor,
 )
 
+from ruv_assets.assets.merged import CHECKS as MERGED_CHECKS
+from ruv_assets.assets.trained import CHECKS as TRAINED_CHECKS
 from ruv_assets.jobs import promote_job
 
 WATCHED = ("trained_adapter", "merged_adapter")
 REQUIRED_CHECKS = {
-    "trained_adapter": {"weights_finite", "beats_zero_adapter", "near_noise_floor"},
-    "merged_adapter": {"weights_finite", "beats_zero_adapter", "retention_within_bounds"},
+    "trained_adapter": {c.name for c in TRAINED_CHECKS if c.blocking},
+    "merged_adapter": {c.name for c in MERGED_CHECKS if c.blocking},
 }
 BATCH = 1000
+
+
+def last_promoted(instance, partition: str) -> tuple[int, str]:
+    """(source storage id, source data version) recorded by the partition's newest `served_adapter`."""
+    result = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("served_adapter"), asset_partitions=[partition]), limit=1)
+    if not result.records:
+        return 0, ""
+    metadata = result.records[0].asset_materialization.metadata
+    storage_id, version = metadata.get("source_storage_id"), metadata.get("source_data_version")
+    return (int(storage_id.value) if storage_id is not None and storage_id.value else 0,
+            str(version.value) if version is not None else "")
 
 
 def checks_passed(instance, run_id: str, asset: str, partition: str | None) -> bool:
@@ -53,6 +74,7 @@ def promotion_sensor(context: SensorEvaluationContext):
     newest: dict[str, tuple[int, str, str]] = {}  # partition -> (storage id, asset, data version)
     skipped: list[str] = []
     last_seen = cursor
+    stop_at: int | None = None  # storage id of the first record whose run is still going
     for asset in WATCHED:
         after = cursor
         while True:
@@ -60,20 +82,34 @@ def promotion_sensor(context: SensorEvaluationContext):
                 AssetRecordsFilter(asset_key=AssetKey(asset), after_storage_id=after), limit=BATCH, ascending=True
             )
             for record in result.records:
-                after = last_seen_id = record.storage_id
-                last_seen = max(last_seen, last_seen_id)
+                if stop_at is not None and record.storage_id >= stop_at:
+                    break
+                after = record.storage_id
                 materialization = record.asset_materialization
                 partition = materialization.partition
-                if partition is None:
-                    continue
-                if not checks_passed(context.instance, record.run_id, asset, partition):
+                if partition is not None and not checks_passed(context.instance, record.run_id, asset, partition):
+                    run = context.instance.get_run_by_id(record.run_id)
+                    if run is not None and not run.is_finished:
+                        stop_at = record.storage_id  # checks may still be on their way: look again next tick
+                        break
                     skipped.append(f"{asset}[{partition}]@{record.storage_id}")
+                    last_seen = max(last_seen, record.storage_id)
+                    continue
+                last_seen = max(last_seen, record.storage_id)
+                if partition is None:
                     continue
                 version = materialization.tags.get("dagster/data_version", "") if materialization.tags else ""
                 if partition not in newest or record.storage_id > newest[partition][0]:
                     newest[partition] = (record.storage_id, asset, version)
-            if len(result.records) < BATCH:
-                break
+            else:
+                if len(result.records) == BATCH:
+                    continue
+            break
+    if stop_at is not None:
+        last_seen = min(last_seen, stop_at - 1)
+        newest = {p: v for p, v in newest.items() if v[0] < stop_at}
+    served = {p: last_promoted(context.instance, p) for p in newest}
+    newest = {p: v for p, v in newest.items() if v[0] > served[p][0] and v[2] != served[p][1]}
     requests = [
         RunRequest(
             run_key=f"promote-{storage_id}",

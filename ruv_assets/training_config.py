@@ -42,7 +42,7 @@ class TrainingConfig(Config):
     fisher_decay: float | None = None
     seed: int | None = None
     num_threads: int | None = Field(None, description="Numba threads for training (0 = all); 1 avoids waiting on a busy shared CPU")
-    mixed_precision: bool = Field(False, description="store dataset and checkpoint in float16; train in float32")
+    mixed_precision: bool = Field(False, description="store the checkpoint in float16 (training stays float32); the dataset has its own float16 option")
     continue_from_last: bool = Field(True, description="start from the last trained version (with EWC++) if there is one")
 
     def settings(self) -> TrainSettings:

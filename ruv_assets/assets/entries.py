@@ -1,5 +1,5 @@
 """What the catalogue declares, as observable source assets: each partition's data version is the
-hash of its entry (and the geometry), so after a catalogue change an observation marks exactly
+hash of its entry and of the geometry in force (catalogue, env vars), so after a catalogue change an observation marks exactly
 the changed adapters' and composites' chains unsynced in the UI."""
 
 import hashlib
@@ -7,7 +7,7 @@ import json
 
 from dagster import DataVersion, DataVersionsByPartition, observable_source_asset
 
-from ruv_assets.catalogue import current_catalogue
+from ruv_assets.catalogue import current_catalogue, current_geometry
 from ruv_assets.partitions import adapter_partitions, composite_partitions
 
 
@@ -23,7 +23,7 @@ def entry_version(entry, geometry) -> str:
 )
 def adapter_entry():
     catalogue = current_catalogue()
-    return DataVersionsByPartition({a.name: DataVersion(entry_version(a, catalogue.geometry)) for a in catalogue.adapters()})
+    return DataVersionsByPartition({a.name: DataVersion(entry_version(a, current_geometry())) for a in catalogue.adapters()})
 
 
 @observable_source_asset(
@@ -33,4 +33,4 @@ def adapter_entry():
 )
 def composite_entry():
     catalogue = current_catalogue()
-    return DataVersionsByPartition({c.name: DataVersion(entry_version(c, catalogue.geometry)) for c in catalogue.composites()})
+    return DataVersionsByPartition({c.name: DataVersion(entry_version(c, current_geometry())) for c in catalogue.composites()})

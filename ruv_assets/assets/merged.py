@@ -44,7 +44,8 @@ def _users_of(adapter: str) -> list[str]:
 
 def trained_to_composites() -> StaticPartitionMapping:
     """Each trained adapter partition feeds every composite that names it."""
-    return StaticPartitionMapping({a: _users_of(a) for a in current_catalogue().adapter_names if _users_of(a)})
+    users = {a: _users_of(a) for a in current_catalogue().adapter_names}
+    return StaticPartitionMapping({a: names for a, names in users.items() if names})
 
 
 @asset(
@@ -67,16 +68,19 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
     if missing:
         raise ValueError(f"composite {name}: no trained_adapter for {', '.join(missing)}; materialise them first")
     geo = geometry.geometry()
-    sources = [load_adapter(by_name[s].path, hidden_size=geo.hidden_size, intermediate_size=geo.intermediate_size,
-                            num_layers=geo.num_layers).adapter.astype(np.float32) for s in composite.sources]
+    loaded = [load_adapter(by_name[s].path, hidden_size=geo.hidden_size, intermediate_size=geo.intermediate_size,
+                           num_layers=geo.num_layers) for s in composite.sources]
+    sources = [item.adapter.astype(np.float32) for item in loaded]
     result = merge(composite.method, merge_sources(sources), weights=composite.weights, density=composite.density,
                    lam=composite.lam, t=composite.t, rank=composite.rank, seed=composite.seed,
                    dare_combine=composite.dare_combine if composite.method == "dare" else "linear")
     merged = merged_adapter_from(result, sources)
 
     retention_rows = []
-    for source_name, own in zip(composite.sources, sources):
-        dataset_obj = store.store().get("synthetic_dataset", source_name)
+    for source_name, own, item in zip(composite.sources, sources, loaded):
+        # the dataset this source was trained on, not whatever was generated since
+        trained_on = item.metadata.get("custom", {}).get("dataset_version") or None
+        dataset_obj = store.store().get("synthetic_dataset", source_name, trained_on)
         dataset = load_dataset(dataset_obj.path)
         keys = [k for k in own.keys() if k in dataset.targets]
         own_loss = validation_loss(own, dataset, keys)
@@ -89,6 +93,7 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
         })
 
     meta = AdapterMetadata(name=name, dataset_description=f"{composite.method} merge of {', '.join(composite.sources)}",
+                           created_at_ms=0, modified_at_ms=0,  # reproducible, as trained_adapter
                            custom={"method": composite.method, "sources": ",".join(composite.sources)})
     source_rows = [{"source": f"trained_adapter[{s}]", "data_version": by_name[s].data_version} for s in composite.sources]
     params = {k: v for k, v in result.params.items() if v is not None}
@@ -110,7 +115,7 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
             "params": merged.spec.param_count(),
             "reconstruction_error": float(result.reconstruction_error),
             "retention": MetadataValue.md(markdown_table(retention_rows)),
-            "min_retention_observed": float(min(r["retention"] for r in retention_rows)),
+            "min_retention_observed": float(worst),
             "mean_retention": float(np.mean([r["retention"] for r in retention_rows])),
         },
     )

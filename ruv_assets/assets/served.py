@@ -3,7 +3,7 @@ trained (adapter) or merged (composite) version into `<slots>/<name>/active`; th
 records which source version is active at which slot generation, so lineage shows what is served.
 """
 
-from dagster import AssetDep, AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, StaticPartitionMapping, asset
+from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetRecordsFilter, Config, DataVersion, MaterializeResult, MetadataValue, StaticPartitionMapping, asset
 from pydantic import Field
 
 from resources.dagster_resources import SlotsResource, StoreResource
@@ -19,6 +19,16 @@ class PromotionConfig(Config):
     data_version: str = Field("", description="data version (sha256) of the source to promote; empty = newest")
     source_storage_id: int = Field(0, description="event storage id of the source materialisation (set by the sensor)")
     expected_generation: int = Field(-1, description="compare-and-swap: fail unless the slot is at this generation (-1 = off)")
+
+
+def source_storage_id(instance, asset: str, partition: str, data_version: str) -> int:
+    """Event storage id of the newest materialisation of `asset[partition]` with this data version
+    (for promotions not requested by the sensor), so the sensor knows it is already served."""
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=100).records
+    for record in records:
+        if (record.asset_materialization.tags or {}).get("dagster/data_version") == data_version:
+            return record.storage_id
+    return 0
 
 
 def _identity(names: list[str]) -> StaticPartitionMapping:
@@ -71,5 +81,6 @@ def served_adapter(context: AssetExecutionContext, config: PromotionConfig, stor
             "source_asset": source,
             "source_data_version": stored.data_version,
             "source_path": MetadataValue.path(str(stored.path)),
+            "source_storage_id": int(config.source_storage_id or source_storage_id(context.instance, source, name, stored.data_version)),
         },
     )

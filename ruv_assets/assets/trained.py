@@ -131,8 +131,12 @@ def trained_adapter(
     floor = dataset.meta.get("noise_floor")
     rel_error = delta_rel_error(stored_adapter.astype(np.float32), dataset)
     n_used = int(np.sum(dataset.quality[dataset.train_idx] >= settings.quality_threshold))
+    # Reproducible files (timestamps fixed at 0): the same data, start and settings give the same
+    # bytes and data version; when it was made lives in Dagster's event log.
     metadata = AdapterMetadata(
         name=name,
+        created_at_ms=0,
+        modified_at_ms=0,
         dataset_description=f"{dataset.meta.get('kind')} {name} data, seed {dataset.meta.get('seed')}, dataset {synthetic_dataset.data_version[:12]}",
         n_examples=n_used,
         quality_score=float(np.clip(dataset.quality[dataset.train_idx].mean(), 0, 1)),

@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ruv", description="Task-specific LoRA adapters: presets, merges, hot-swap slots.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"ruv_assets.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"ruv_assets.cli.{name}":
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"ruv_assets.cli.{name}").register(subparsers)
     return parser
 
 

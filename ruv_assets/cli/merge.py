@@ -15,7 +15,7 @@ from pathlib import Path
 from kernels.merge import METHODS, MergeError, merge
 from resources.errors import AdapterFormatError
 from resources.peft_format import load_adapter, save_adapter
-from resources.store import fsync_dir, fsync_tree
+from resources.store import fsync_dir, fsync_tree, publishable_mode
 from ruv_assets.cli import UserError
 from ruv_assets.composite import merge_sources, merged_adapter_from
 
@@ -54,20 +54,27 @@ def run(args) -> int:
         sources = [load_adapter(d).adapter.astype("float32") for d in args.adapters]
     except AdapterFormatError as exc:
         raise UserError(str(exc)) from None
-    shapes = {(s.spec.hidden_size, s.spec.intermediate_size, s.spec.num_layers) for s in sources}
-    if len(shapes) > 1:
-        raise UserError(f"adapters are for different model geometries (hidden, intermediate, layers): {sorted(shapes)}")
+    shapes = {(s.spec.hidden_size, s.spec.num_layers) for s in sources}
+    # the intermediate size is only known from an adapter that targets an MLP module
+    mlp = [s for s in sources if set(s.spec.targets) & {"gate_proj", "up_proj", "down_proj"}]
+    inter = {s.spec.intermediate_size for s in mlp}
+    if len(shapes) > 1 or len(inter) > 1:
+        raise UserError("adapters are for different model geometries: (hidden, layers) "
+                        f"{sorted(shapes)}, intermediate {sorted(inter) or 'unknown'}")
+
     try:
         result = merge(args.method, merge_sources(sources), weights=args.weights, density=args.density, lam=args.lam,
                        t=args.t, rank=args.rank, seed=args.seed, dare_combine=args.dare_combine)
     except MergeError as exc:
         raise UserError(str(exc)) from None
-    merged = merged_adapter_from(result, sources)
+    # record the real intermediate size (known only from an MLP-targeting source), not a guess
+    merged = merged_adapter_from(result, sources, intermediate_size=mlp[0].spec.intermediate_size if mlp else None)
     metadata = {"name": out.name, "method": args.method, "sources": [str(Path(d).resolve()) for d in args.adapters],
                 "reconstruction_error": result.reconstruction_error}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         save_adapter(merged, tmp, metadata=metadata, dtype=args.dtype)
+        publishable_mode(tmp)
         fsync_tree(tmp)
         os.rename(tmp, out)
         fsync_dir(out.parent)

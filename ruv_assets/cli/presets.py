@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ruv_assets.catalogue import current_catalogue
+from ruv_assets.catalogue import current_catalogue, current_geometry
 
 
 def register(subparsers) -> None:
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 
 def rows(tag: str | None = None) -> list[dict]:
     catalogue = current_catalogue()
-    geometry = catalogue.geometry
+    geometry = current_geometry()
     adapters = catalogue.by_tag(tag) if tag else catalogue.adapters()
     return [
         {
@@ -37,7 +37,7 @@ def rows(tag: str | None = None) -> list[dict]:
 
 def run(args) -> int:
     data = rows(args.tag)
-    geometry = current_catalogue().geometry
+    geometry = current_geometry()
     if args.json:
         print(json.dumps({"geometry": geometry.model_dump(), "adapters": data}, indent=2))
         return 0

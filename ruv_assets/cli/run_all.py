@@ -16,11 +16,22 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from dagster import DagsterInstance
+    from dagster._core.errors import DagsterHomeNotSetError
 
     from ruv_assets.build_all import build_all
+    from ruv_assets.catalogue import current_catalogue
 
+    catalogue = current_catalogue()
+    for kind, names, known in (("adapter", args.adapter, catalogue.adapter_names), ("composite", args.composite, catalogue.composite_names)):
+        unknown = [n for n in names or [] if n not in known]
+        if unknown:
+            raise UserError(f"unknown {kind} {', '.join(map(repr, unknown))}; known: {', '.join(known) or 'none'}")
     started = time.perf_counter()
-    with DagsterInstance.get() as instance:
+    try:
+        instance = DagsterInstance.get()
+    except DagsterHomeNotSetError:
+        raise UserError("DAGSTER_HOME is not set: run 'make run', or export DAGSTER_HOME=$PWD/dagster_home") from None
+    with instance:
         report = build_all(instance, adapters=args.adapter, composites=args.composite)
     print(f"built {len(report.runs)} runs in {time.perf_counter() - started:.1f}s")
     if report.failed:

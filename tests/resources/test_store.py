@@ -83,3 +83,12 @@ def test_safetensors_files_are_byte_reproducible(tmp_path):
 
     with safe_open(str(path), framework="numpy") as handle:
         assert handle.metadata()["m"] == "2" and handle.get_tensor("b").shape == (2, 3)
+
+
+def test_published_versions_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        obj = ArtifactStore(tmp_path).write("a", "p", _writer("x"))
+    finally:
+        os.umask(old)
+    assert obj.path.stat().st_mode & 0o777 == 0o755

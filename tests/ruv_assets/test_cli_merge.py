@@ -110,3 +110,35 @@ def test_corrupt_input_through_the_executable(two):
     ruv = Path(sys.executable).with_name("ruv")
     res = subprocess.run([str(ruv), "merge", "average", str(d / "a"), str(d / "b"), "-o", str(d / "out")], capture_output=True, text=True)
     assert res.returncode == 2 and "corrupt or partial" in res.stderr and not (d / "out").exists()
+
+
+def test_peft_saved_attention_only_and_mlp_adapters_merge(tmp_path):
+    """PEFT writes no geometry: an attention-only adapter's intermediate size is unknown, not a mismatch."""
+    import json as _json
+
+    a = random_adapter(AdapterSpec(4, 8.0, ("q_proj", "v_proj"), **GEO), 1)
+    b = random_adapter(AdapterSpec(2, 2.0, ("q_proj", "down_proj"), **GEO), 2)
+    for name, adapter in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        save_adapter(adapter, tmp_path / name)
+        # strip our header, as a PEFT-saved file has none
+        from safetensors.numpy import load_file, save_file
+        weights = tmp_path / name / "adapter_model.safetensors"
+        save_file(load_file(str(weights)), str(weights), metadata={"format": "pt"})
+    assert main(["merge", "average", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out")]) == 0
+    merged = load_adapter(tmp_path / "out").adapter
+    assert merged.spec.intermediate_size == 40
+    key = "layers.1.down_proj"
+    np.testing.assert_allclose(merged.delta(key), 0.5 * b.delta(key), rtol=1e-5, atol=1e-6)
+    assert _json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 6
+
+
+def test_output_follows_the_umask_not_mkdtemp(two):
+    """A server running as another user must be able to read a merge (mkdtemp makes 0700)."""
+    d, _, _ = two
+    old = os.umask(0o022)
+    try:
+        assert main(["merge", "average", str(d / "a"), str(d / "b"), "-o", str(d / "o")]) == 0
+    finally:
+        os.umask(old)
+    assert (d / "o").stat().st_mode & 0o777 == 0o755

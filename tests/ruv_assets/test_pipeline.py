@@ -80,13 +80,11 @@ def test_trained_adapter_learns_the_task(built, name):
 
 
 def test_merged_adapter_records_sources_and_retention(built):
-    instance, _, _ = built
+    instance, _, store = built
     record, meta = latest(instance, "merged_adapter", "code_review")
     assert meta["method"] == "weighted" and meta["reconstruction_error"] == 0.0 and meta["rank"] == 24
     for source in ADAPTERS:
-        _, trained = latest(instance, "trained_adapter", source)
-        version = re.search(r"[0-9a-f]{64}", trained["path"][::-1][:0] + trained["path"]).group(0)
-        assert version in meta["sources"]
+        assert store.get("trained_adapter", source).data_version in meta["sources"]
     rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:6]] for line in meta["retention"].splitlines()[2:]}
     merged_coder, own_coder, zero_coder, ret_coder = rows["coder"]
     merged_rev, own_rev, zero_rev, ret_rev = rows["reviewer"]
@@ -113,13 +111,36 @@ def test_slots_serve_the_checked_versions(built):
         np.testing.assert_allclose(adapter.forward(key, x), expected, rtol=1e-5)
 
 
+def test_retraining_from_the_preset_reproduces_the_version(built):
+    instance, _, store = built
+    first = store.get("trained_adapter", "coder").data_version
+    result = run_job(instance, "train_job", "coder", {"ops": {"trained_adapter": {"config": {"continue_from_last": False}}}})
+    assert result.success
+    _, meta = latest(instance, "trained_adapter", "coder")
+    assert meta["path"].endswith(first), "same data, start and settings: same bytes, same data version"
+
+
 def test_sensor_cursor_run_keys_failed_checks_and_promotion(built):
     instance, _, store = built
+    # build_all already promoted everything: a fresh cursor (the daemon's first tick) asks for nothing
     first = promotion_sensor(build_sensor_context(instance=instance, definitions=defs))
-    keys = sorted(r.partition_key for r in first.run_requests)
-    assert keys == ["code_review", "coder", "reviewer"]
-    assert all(r.run_key.startswith("promote-") for r in first.run_requests)
+    assert not first.run_requests, [r.partition_key for r in first.run_requests]
     cursor = first.cursor
+    # nor does it undo a rollback made by hand
+    slot = Slot(slots_root(), "coder")
+    before = slot.manifest(slot.status().active)["data_version"]
+    run_job(instance, "train_job", "coder", {"ops": {"trained_adapter": {"config": {"continue_from_last": True}}}})
+    requested = promotion_sensor(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+    [request] = requested.run_requests
+    assert request.partition_key == "coder" and request.run_key.startswith("promote-")
+    assert defs.resolve_job_def("promote_job").execute_in_process(partition_key="coder", instance=instance, run_config=request.run_config).success
+    assert slot.manifest(slot.status().active)["data_version"] != before
+    slot.rollback()
+    assert slot.manifest(slot.status().active)["data_version"] == before
+    for fresh_cursor in (None, cursor):
+        assert not promotion_sensor(build_sensor_context(instance=instance, cursor=fresh_cursor, definitions=defs)).run_requests
+    assert slot.manifest(slot.status().active)["data_version"] == before, "the rollback stands"
+    cursor = requested.cursor
     again = promotion_sensor(build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
     assert not again.run_requests and again.cursor == cursor
 
