@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernels import lora
+from kernels.hashing import all_finite
 from kernels.modules import ALL_MODULES, lora_scale, module_shape
 
 
@@ -113,6 +114,10 @@ class LoraAdapter:
         """The dense `s * B @ A` of module `key`, `[out, in]`."""
         A, B = self._factors(key)
         return lora.delta(A, B, self.scale)
+
+    def is_finite(self) -> bool:
+        """True when no A or B value is NaN or infinite."""
+        return all(all_finite(w.ravel()) for w in (*self.A.values(), *self.B.values()))
 
     def astype(self, dtype) -> "LoraAdapter":
         return LoraAdapter(

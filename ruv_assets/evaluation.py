@@ -4,7 +4,7 @@ learned delta's relative error against the known truth (synthetic data only)."""
 import numpy as np
 
 from kernels.adapter import LoraAdapter
-from kernels.train import ModuleProblem, build_problems, evaluate
+from kernels.train import ModuleProblem, build_problems, evaluate, zero_adapter_loss
 from resources.dataset_format import Dataset
 
 
@@ -18,13 +18,18 @@ def problems_for(dataset: Dataset, keys: list[str]) -> list[ModuleProblem]:
                           input_key=dataset.input_of.__getitem__)
 
 
-def validation_loss(adapter: LoraAdapter, dataset: Dataset, keys: list[str] | None = None, zero: bool = False) -> float:
-    """Quality-weighted val MSE per output element, averaged over modules (see kernels.train)."""
-    keys = keys or [k for k in adapter.keys() if k in dataset.targets]
-    problems = problems_for(dataset, keys)
+def validation_loss(adapter: LoraAdapter, problems: list[ModuleProblem], q_val: np.ndarray) -> float:
+    """Quality-weighted val MSE per output element, averaged over the problems' modules (see
+    kernels.train); build the problems once with `problems_for` and score several adapters on them."""
+    keys = [p.key for p in problems]
     A = {k: adapter.A[k].astype(np.float32) for k in keys}
-    B = {k: (np.zeros_like(adapter.B[k], np.float32) if zero else adapter.B[k].astype(np.float32)) for k in keys}
-    return float(evaluate(problems, A, B, adapter.scale, dataset.quality[dataset.val_idx]))
+    B = {k: adapter.B[k].astype(np.float32) for k in keys}
+    return float(evaluate(problems, A, B, adapter.scale, q_val))
+
+
+def zero_validation_loss(problems: list[ModuleProblem], q_val: np.ndarray) -> float:
+    """The zero adapter's (B = 0) validation loss: the baseline every adapter must beat."""
+    return float(zero_adapter_loss(problems, q_val))
 
 
 def delta_rel_error(adapter: LoraAdapter, dataset: Dataset) -> float | None:

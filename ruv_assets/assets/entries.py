@@ -16,14 +16,19 @@ def entry_version(entry, geometry) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def entry_versions(entries) -> DataVersionsByPartition:
+    """One data version per catalogue entry (partition = its name), under the geometry in force."""
+    geometry = current_geometry()
+    return DataVersionsByPartition({e.name: DataVersion(entry_version(e, geometry)) for e in entries})
+
+
 @observable_source_asset(
     partitions_def=adapter_partitions,
     group_name="catalogue",
     description="Each adapter's entry in the catalogue (presets and custom adapters); observe after editing it.",
 )
 def adapter_entry():
-    catalogue = current_catalogue()
-    return DataVersionsByPartition({a.name: DataVersion(entry_version(a, current_geometry())) for a in catalogue.adapters()})
+    return entry_versions(current_catalogue().adapters())
 
 
 @observable_source_asset(
@@ -32,5 +37,4 @@ def adapter_entry():
     description="Each composite's entry in the catalogue (method, sources, parameters); observe after editing it.",
 )
 def composite_entry():
-    catalogue = current_catalogue()
-    return DataVersionsByPartition({c.name: DataVersion(entry_version(c, current_geometry())) for c in catalogue.composites()})
+    return entry_versions(current_catalogue().composites())

@@ -23,7 +23,7 @@ from resources.store import StoredObject
 from ruv_assets import versions
 from ruv_assets.composite import merge_sources, merged_adapter_from
 from ruv_assets.config import AdapterMetadata
-from ruv_assets.evaluation import validation_loss
+from ruv_assets.evaluation import problems_for, validation_loss, zero_validation_loss
 from ruv_assets.partitions import composite_partitions
 from ruv_assets.plots import markdown_table
 from ruv_assets.catalogue import current_catalogue
@@ -83,9 +83,10 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
         dataset_obj = store.store().get("synthetic_dataset", source_name, trained_on)
         dataset = load_dataset(dataset_obj.path)
         keys = [k for k in own.keys() if k in dataset.targets]
-        own_loss = validation_loss(own, dataset, keys)
-        zero_loss = validation_loss(own, dataset, keys, zero=True)
-        merged_loss = validation_loss(merged, dataset, keys)
+        problems, q_val = problems_for(dataset, keys), dataset.quality[dataset.val_idx]
+        own_loss = validation_loss(own, problems, q_val)
+        zero_loss = zero_validation_loss(problems, q_val)
+        merged_loss = validation_loss(merged, problems, q_val)
         gain = zero_loss - own_loss
         retention_rows.append({
             "task": source_name, "merged_val_loss": merged_loss, "own_val_loss": own_loss, "zero_val_loss": zero_loss,
@@ -97,7 +98,7 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
                            custom={"method": composite.method, "sources": ",".join(composite.sources)})
     source_rows = [{"source": f"trained_adapter[{s}]", "data_version": by_name[s].data_version} for s in composite.sources]
     params = {k: v for k, v in result.params.items() if v is not None}
-    finite = all(np.all(np.isfinite(x)) for x in list(merged.A.values()) + list(merged.B.values()))
+    finite = merged.is_finite()
     beats = all(r["merged_val_loss"] < r["zero_val_loss"] for r in retention_rows)
     worst = min(r["retention"] for r in retention_rows)
     retained = bool(worst >= composite.min_retention)

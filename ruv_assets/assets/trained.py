@@ -34,7 +34,7 @@ from resources.peft_format import load_adapter, save_adapter
 from resources.store import StoredObject
 from ruv_assets import versions
 from ruv_assets.config import AdapterMetadata
-from ruv_assets.evaluation import delta_rel_error, problems_for, validation_loss
+from ruv_assets.evaluation import delta_rel_error, problems_for, validation_loss, zero_validation_loss
 from ruv_assets.partitions import adapter_partitions
 from ruv_assets.plots import loss_curve_png, markdown_image, markdown_table
 from ruv_assets.catalogue import current_catalogue
@@ -126,8 +126,9 @@ def trained_adapter(
     dtype = "float16" if config.mixed_precision else "float32"
     stored_adapter = trained.astype(np.float16) if config.mixed_precision else trained
 
-    val_loss = validation_loss(stored_adapter.astype(np.float32), dataset)
-    zero_loss = validation_loss(trained, dataset, zero=True)
+    q_val = dataset.quality[dataset.val_idx]
+    val_loss = validation_loss(stored_adapter.astype(np.float32), problems, q_val)  # after any float16 rounding
+    zero_loss = zero_validation_loss(problems, q_val)
     floor = dataset.meta.get("noise_floor")
     rel_error = delta_rel_error(stored_adapter.astype(np.float32), dataset)
     n_used = int(np.sum(dataset.quality[dataset.train_idx] >= settings.quality_threshold))
@@ -152,7 +153,7 @@ def trained_adapter(
         save_file_deterministic(fisher, directory / STATE_NAME, metadata={"format": "ruv-ewc"})
         (directory / HISTORY_NAME).write_text(json.dumps(result.history, indent=1) + "\n")
 
-    finite = all(np.all(np.isfinite(a)) for a in list(stored_adapter.A.values()) + list(stored_adapter.B.values()))
+    finite = stored_adapter.is_finite()
     beats = bool(val_loss < zero_loss)
     near = True if not floor else bool(val_loss <= (1 + NOISE_FLOOR_TOLERANCE) * floor)
     # Only a version that passes its checks becomes the one downstream assets and retraining read.

@@ -107,3 +107,12 @@ def test_forward_propagates_nan():
     A, B = np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)
     x = np.array([1.0, np.nan, 2.0], np.float32)
     assert np.isnan(lora.forward_vector(x, A, B, 1.0)).all()
+
+
+def test_adapter_is_finite(small_spec):
+    from tests.conftest import random_adapter
+
+    adapter = random_adapter(small_spec)
+    assert adapter.is_finite()
+    adapter.B["layers.1.v_proj"][2, 1] = np.inf
+    assert not adapter.is_finite()
