@@ -1,0 +1,29 @@
+"""The exact solver: sufficient statistics, the closed-form rank-r optimum, its certificate.
+
+Per module the training objective is weighted least squares, so its rank-r global optimum has a
+closed form (reduced-rank ridge regression). One file per job:
+
+    gather       Numba kernels: rows into chunk buffers weighted by sqrt(q), float16 via a table
+    accumulate   G += X^T Q X, C += X^T Q R in one pass over X (chunks + BLAS syrk/gemm, float64)
+    stats        ModuleStats (G, C, rr, q_sum, n) and LayerStats (one Gram per shared input)
+    solve        solve_reduced_rank -> ExactSolution (balanced PEFT factors A [r, in], B [out, r])
+    loss         loss_from_stats / loss_from_factors: any delta's loss from the statistics alone
+    consolidate  consolidated_stats: exact consolidation against an old task's Gram
+    dropout      dropout_ridge: input dropout's expected-value equivalent, a diagonal ridge
+    errors       ExactSolveError: one line naming the module and the reason
+"""
+
+from kernels.exact.accumulate import accumulate_cross, accumulate_gram, stream_stats
+from kernels.exact.consolidate import ConsolidatedStats, consolidated_stats, consolidation_offset
+from kernels.exact.dropout import dropout_ridge
+from kernels.exact.errors import ExactSolveError
+from kernels.exact.loss import loss_from_factors, loss_from_stats
+from kernels.exact.solve import ExactSolution, RidgeFactor, ridge_factor, solve_reduced_rank
+from kernels.exact.stats import LayerStats, ModuleStats
+
+__all__ = [
+    "ModuleStats", "LayerStats", "accumulate_gram", "accumulate_cross", "stream_stats",
+    "solve_reduced_rank", "ridge_factor", "RidgeFactor", "ExactSolution",
+    "loss_from_stats", "loss_from_factors", "consolidated_stats", "consolidation_offset",
+    "ConsolidatedStats", "dropout_ridge", "ExactSolveError",
+]

@@ -1,0 +1,192 @@
+"""The rank-r optimum against dense numpy references and brute force; its factors; bad input."""
+
+import numpy as np
+import pytest
+
+from kernels.exact import (ExactSolveError, ModuleStats, loss_from_factors, loss_from_stats, ridge_factor,
+                           solve_reduced_rank)
+from tests.kernels.exact_reference import objective, problem, reduced_rank_eigh, ridge_lstsq, stats, weighted_loss
+
+SHAPES = [(9, 5), (5, 9), (7, 7), (1, 4), (4, 1), (13, 3)]
+
+
+def _fixture(d, o, seed=0, n=120, zero_every=5):
+    X, R, q = problem(n, d, o, seed=seed, zero_every=zero_every)
+    return X, R, q, stats(X, R, q)
+
+
+@pytest.mark.parametrize("d,o", SHAPES)
+def test_full_rank_is_ridge_regression(d, o):
+    X, R, q, (G, C, rr, qs, n) = _fixture(d, o, seed=d * 10 + o)
+    lam = 0.3
+    sol = solve_reduced_rank(G, C, min(d, o), 1.0, ridge=lam, rr=rr, q_sum=qs, n=n)
+    D_ref = ridge_lstsq(X, R, q, lam)
+    np.testing.assert_allclose(sol.delta(), D_ref, rtol=2e-5, atol=2e-6)
+    assert sol.train_loss == pytest.approx(weighted_loss(X, R, q, sol.delta()), rel=1e-9)
+
+
+@pytest.mark.parametrize("d,o,rank", [(d, o, r) for d, o in SHAPES for r in (1, 2) if r <= min(d, o)])
+def test_rank_r_matches_dense_formula_and_beats_brute_force(d, o, rank):
+    X, R, q, (G, C, rr, qs, n) = _fixture(d, o, seed=d + 3 * o + rank)
+    lam = np.linspace(0.05, 0.5, d)  # a diagonal (non-isotropic) ridge
+    sol = solve_reduced_rank(G, C, rank, 2.0, ridge=lam, rr=rr, q_sum=qs, n=n)
+    D = sol.delta()
+    assert np.linalg.matrix_rank(D, tol=1e-8 * max(1.0, np.abs(D).max())) <= rank
+    np.testing.assert_allclose(D, reduced_rank_eigh(G, C, lam, rank), rtol=1e-4, atol=1e-6)
+    best = objective(G, C, rr, lam, D)
+    assert best == pytest.approx(sol.optimum, rel=1e-6)
+    assert best == pytest.approx(sol.objective * qs * o, rel=1e-9)
+    rng = np.random.default_rng(0)
+    # no nearby rank-r point (perturbed factors) and no random rank-r matrix does better
+    A64, B64 = sol.A.astype(np.float64), sol.B.astype(np.float64)
+    for eps in (1e-3, 1e-2, 1e-1):
+        for _ in range(50):
+            Dp = 2.0 * (B64 + eps * rng.standard_normal(B64.shape)) @ (A64 + eps * rng.standard_normal(A64.shape))
+            assert objective(G, C, rr, lam, Dp) >= best - 1e-9 * abs(best)
+    for _ in range(50):
+        Dp = rng.standard_normal((o, rank)) @ rng.standard_normal((rank, d))
+        assert objective(G, C, rr, lam, Dp) >= best
+    # truncating the full ridge solution by plain SVD is a rank-r candidate that cannot do better
+    U, S, Vt = np.linalg.svd(ridge_lstsq(X, R, q, lam), full_matrices=False)
+    D_svd = (U[:, :rank] * S[:rank]) @ Vt[:rank]
+    assert objective(G, C, rr, lam, D_svd) >= best - 1e-9 * abs(best)
+
+
+def test_balanced_peft_factors():
+    X, R, q, (G, C, rr, qs, n) = _fixture(12, 8, seed=5)
+    scale = 32 / 4
+    sol = solve_reduced_rank(G, C, 4, scale, ridge_rel=1e-3)
+    assert sol.A.shape == (4, 12) and sol.B.shape == (8, 4)
+    assert sol.A.dtype == np.float32 and sol.B.dtype == np.float32
+    AAt = sol.A.astype(np.float64) @ sol.A.T
+    BtB = sol.B.T.astype(np.float64) @ sol.B
+    np.testing.assert_allclose(AAt, BtB, rtol=1e-5, atol=1e-6 * np.abs(AAt).max())
+    np.testing.assert_allclose(np.diag(AAt), sol.singular_values / scale, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.svd(sol.delta(), compute_uv=False)[:4], sol.singular_values, rtol=1e-5)
+    assert np.all(np.diff(sol.singular_values) <= 0)
+
+
+def test_no_ridge_on_a_full_rank_gram_is_least_squares():
+    X, R, q, (G, C, rr, qs, n) = _fixture(6, 4, seed=6)
+    sol = solve_reduced_rank(G, C, 4, 1.0, rr=rr, q_sum=qs)
+    np.testing.assert_allclose(sol.delta(), ridge_lstsq(X, R, q, 0.0), rtol=2e-5, atol=2e-6)
+    assert sol.ridge_penalty == 0.0
+
+
+def test_relative_ridge_uses_mean_diagonal():
+    X, R, q, (G, C, rr, qs, n) = _fixture(6, 4, seed=7)
+    a = solve_reduced_rank(G, C, 2, 1.0, ridge_rel=0.1)
+    b = solve_reduced_rank(G, C, 2, 1.0, ridge=0.1 * np.mean(np.diag(G)))
+    np.testing.assert_array_equal(a.lam, b.lam)
+    np.testing.assert_allclose(a.delta(), b.delta(), rtol=1e-6)
+
+
+def test_float16_data_solves_like_float32():
+    X, R, q = problem(400, 10, 6, seed=8)
+    s16 = ModuleStats(10, 6).update(X.astype(np.float16), R.astype(np.float16), q)
+    X16, R16 = X.astype(np.float16).astype(np.float32), R.astype(np.float16).astype(np.float32)
+    sol = s16.solve(3, 1.0, ridge_rel=1e-4)
+    ref = reduced_rank_eigh(*stats(X16, R16, q)[:2], sol.lam, 3)
+    np.testing.assert_allclose(sol.delta(), ref, rtol=1e-4, atol=1e-6)
+    assert sol.train_loss == pytest.approx(weighted_loss(X16, R16, q, sol.delta()), rel=1e-8)
+
+
+def test_shared_factor_equals_per_module_solve():
+    X, R, q, (G, C, rr, qs, n) = _fixture(9, 6, seed=9)
+    f = ridge_factor(G, ridge_rel=1e-2)
+    a = solve_reduced_rank(G, C, 2, 1.0, factor=f)
+    b = solve_reduced_rank(G, C, 2, 1.0, ridge_rel=1e-2)
+    np.testing.assert_array_equal(a.A, b.A)
+    with pytest.raises(ExactSolveError, match="either factor or ridge"):
+        solve_reduced_rank(G, C, 2, 1.0, factor=f, ridge=1.0)
+
+
+def test_losses_from_statistics_equal_the_data():
+    X, R, q, (G, C, rr, qs, n) = _fixture(7, 5, seed=10)
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((2, 7)), rng.standard_normal((5, 2))
+    D = 1.5 * B @ A
+    ref = weighted_loss(X, R, q, D)
+    assert loss_from_stats(G, C, rr, qs, D) == pytest.approx(ref, rel=1e-10)
+    assert loss_from_factors(G, C, rr, qs, A, B, 1.5) == pytest.approx(ref, rel=1e-10)
+    assert loss_from_stats(G, C, rr, qs, np.zeros((5, 7))) == pytest.approx(rr / (qs * 5), rel=1e-12)
+
+
+def test_zero_targets_give_the_zero_adapter():
+    X, _, q = problem(50, 5, 3, seed=11)
+    G, C, rr, qs, n = stats(X, np.zeros((50, 3), np.float32), q)
+    sol = solve_reduced_rank(G, C, 2, 1.0, ridge_rel=1e-3, rr=rr, q_sum=qs)
+    assert np.all(np.isfinite(sol.A)) and not sol.delta().any()
+    assert sol.train_loss == 0.0
+
+
+# ---- bad input: one line naming the module and the reason
+
+def _stats(d=6, o=4, n=60):
+    X, R, q = problem(n, d, o, seed=12)
+    return stats(X, R, q)
+
+
+@pytest.mark.parametrize("rank", [0, 5, -1])
+def test_rank_out_of_range(rank):
+    G, C, *_ = _stats()
+    with pytest.raises(ExactSolveError, match=r"^layers\.1\.v_proj: rank .* between 1 and min\(in, out\) = 4$"):
+        solve_reduced_rank(G, C, rank, 1.0, ridge=1.0, name="layers.1.v_proj")
+
+
+def test_singular_gram_without_ridge():
+    X, R, q = problem(3, 6, 4, seed=13)  # 3 examples, 6 inputs
+    G, C, rr, qs, n = stats(X, R, q)
+    with pytest.raises(ExactSolveError, match=r"^down_proj: singular Gram .* set ridge or ridge_rel$"):
+        solve_reduced_rank(G, C, 2, 1.0, name="down_proj")
+    sol = solve_reduced_rank(G, C, 2, 1.0, ridge_rel=1e-3)  # a ridge makes it well posed
+    assert np.all(np.isfinite(sol.A))
+
+
+def test_too_few_examples_for_the_rank():
+    X, R, q = problem(2, 6, 4, seed=14)
+    s = ModuleStats(6, 4, name="layers.0.o_proj").update(X, R, q)
+    with pytest.raises(ExactSolveError, match=r"^layers\.0\.o_proj: only 2 examples above the quality threshold, fewer than the rank 3$"):
+        s.solve(3, 1.0, ridge=1.0)
+
+
+def test_empty_after_filter():
+    X, R, q = problem(20, 6, 4, seed=15)
+    s = ModuleStats(6, 4, name="q_proj").update(X, R, np.zeros_like(q))
+    assert s.n == 0
+    with pytest.raises(ExactSolveError, match=r"^q_proj: no examples above the quality threshold \(n = 0\)$"):
+        s.solve(1, 1.0, ridge=1.0)
+
+
+@pytest.mark.parametrize("where", ["G", "C", "rr", "q_sum"])
+def test_nan_in_statistics(where):
+    G, C, rr, qs, n = _stats()
+    G, C = G.copy(), C.copy()
+    if where == "G":
+        G[1, 1] = np.nan
+    elif where == "C":
+        C[0, 2] = np.inf
+    elif where == "rr":
+        rr = np.nan
+    else:
+        qs = np.nan
+    with pytest.raises(ExactSolveError, match=r"^k_proj: NaN or infinity in the statistics"):
+        solve_reduced_rank(G, C, 2, 1.0, ridge=1.0, rr=rr, q_sum=qs, name="k_proj")
+
+
+def test_other_bad_values():
+    G, C, *_ = _stats()
+    with pytest.raises(ExactSolveError, match="scale must be finite and > 0"):
+        solve_reduced_rank(G, C, 2, 0.0, ridge=1.0)
+    with pytest.raises(ExactSolveError, match="ridge must be finite and >= 0"):
+        solve_reduced_rank(G, C, 2, 1.0, ridge=-1.0)
+    with pytest.raises(ExactSolveError, match="ridge must be a scalar or a vector of length 6"):
+        solve_reduced_rank(G, C, 2, 1.0, ridge=np.ones(3))
+    with pytest.raises(ExactSolveError, match="ridge_rel must be finite"):
+        solve_reduced_rank(G, C, 2, 1.0, ridge_rel=np.nan)
+    with pytest.raises(ExactSolveError, match="statistics shapes do not fit"):
+        solve_reduced_rank(G[:5, :5], C, 2, 1.0, ridge=1.0)
+    with pytest.raises(ExactSolveError, match="not symmetric"):
+        solve_reduced_rank(G + np.triu(np.ones_like(G), 1), C, 2, 1.0, ridge=1.0)
+    with pytest.raises(ExactSolveError, match="rank must be an integer"):
+        solve_reduced_rank(G, C, 2.5, 1.0, ridge=1.0)
