@@ -13,7 +13,7 @@ import numpy as np
 
 from kernels import lora
 from kernels.hashing import all_finite
-from kernels.modules import ALL_MODULES, lora_scale, module_shape
+from kernels.modules import ALL_MODULES, MLP_MODULES, lora_scale, module_shape
 
 
 @dataclass(frozen=True)
@@ -24,12 +24,19 @@ class AdapterSpec:
     alpha: float
     targets: tuple[str, ...]
     hidden_size: int
-    intermediate_size: int
+    intermediate_size: int | None  # None: unknown, allowed while no MLP module is targeted
     num_layers: int
     dropout: float = 0.0
     use_rslora: bool = False
+    q_size: int | None = None  # heads * head_dim; None = hidden_size
+    kv_size: int | None = None  # kv_heads * head_dim (GQA); None = q_size
 
     def __post_init__(self) -> None:
+        # canonical form, so equal shapes compare equal however they were declared
+        if self.q_size == self.hidden_size:
+            object.__setattr__(self, "q_size", None)
+        if self.kv_size == (self.q_size or self.hidden_size):
+            object.__setattr__(self, "kv_size", None)
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if not self.alpha > 0:
@@ -39,9 +46,12 @@ class AdapterSpec:
         for name in self.targets:
             if name not in ALL_MODULES:
                 raise ValueError(f"unknown target module {name!r}; expected one of {', '.join(ALL_MODULES)}")
-        for name in ("hidden_size", "intermediate_size", "num_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("hidden_size", "intermediate_size", "num_layers", "q_size", "kv_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.intermediate_size is None and set(self.targets) & set(MLP_MODULES):
+            raise ValueError("intermediate_size is needed for MLP target modules")
 
     @property
     def scale(self) -> float:
@@ -54,7 +64,17 @@ class AdapterSpec:
 
     def shape_of(self, key: str) -> tuple[int, int]:
         """`(in_features, out_features)` of the module behind `key`."""
-        return module_shape(split_key(key)[1], self.hidden_size, self.intermediate_size)
+        return module_shape(split_key(key)[1], self.hidden_size, self.intermediate_size, self.q_size, self.kv_size)
+
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """`(in, out)` of each targeted module type (the same in every layer)."""
+        return {m: module_shape(m, self.hidden_size, self.intermediate_size, self.q_size, self.kv_size) for m in self.targets}
+
+    def geometry(self) -> dict[str, int]:
+        """The model dimensions this adapter fits (unknown ones left out)."""
+        values = {"hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size, "num_layers": self.num_layers,
+                  "q_size": self.q_size, "kv_size": self.kv_size}
+        return {k: v for k, v in values.items() if v is not None}
 
     def param_count(self) -> int:
         """`r * (in + out)` summed over target modules and layers."""

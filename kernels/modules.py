@@ -1,7 +1,10 @@
 """Names and shapes of the linear modules of a Llama-style block that a LoRA adapter can target.
 
-Shapes follow the real model: q/k/v/o are hidden->hidden, gate/up hidden->intermediate,
-down intermediate->hidden. Everything that sizes an adapter goes through `module_shape`.
+Shapes follow the real model (vLLM's names): q `hidden -> q_size` (heads * head_dim), k/v
+`hidden -> kv_size` (kv_heads * head_dim, smaller than q_size under grouped-query attention),
+o `q_size -> hidden`, gate/up `hidden -> intermediate`, down `intermediate -> hidden`. Without head
+counts q_size = hidden and kv_size = q_size. Everything that sizes an adapter goes through
+`module_shape`.
 """
 
 from __future__ import annotations
@@ -23,15 +26,35 @@ INPUT_KIND = {
 }
 
 
-def module_shape(module: str, hidden_size: int, intermediate_size: int) -> tuple[int, int]:
+def module_shape(
+    module: str, hidden_size: int, intermediate_size: int | None, q_size: int | None = None, kv_size: int | None = None
+) -> tuple[int, int]:
     """Return `(in_features, out_features)` of `module` at the given geometry."""
-    if module in ATTENTION_MODULES:
-        return hidden_size, hidden_size
-    if module in ("gate_proj", "up_proj"):
-        return hidden_size, intermediate_size
-    if module == "down_proj":
-        return intermediate_size, hidden_size
-    raise ValueError(f"unknown module {module!r}; expected one of {', '.join(ALL_MODULES)}")
+    q = q_size or hidden_size
+    kv = kv_size or q
+    shapes = {
+        "q_proj": (hidden_size, q),
+        "k_proj": (hidden_size, kv),
+        "v_proj": (hidden_size, kv),
+        "o_proj": (q, hidden_size),
+        "gate_proj": (hidden_size, intermediate_size),
+        "up_proj": (hidden_size, intermediate_size),
+        "down_proj": (intermediate_size, hidden_size),
+    }
+    if module not in shapes:
+        raise ValueError(f"unknown module {module!r}; expected one of {', '.join(ALL_MODULES)}")
+    n_in, n_out = shapes[module]
+    if n_in is None or n_out is None:
+        raise ValueError(f"{module}: the intermediate size is unknown (no MLP module was seen)")
+    return n_in, n_out
+
+
+def input_size(kind: str, hidden_size: int, intermediate_size: int | None, q_size: int | None = None) -> int:
+    """Width of an activation named in `INPUT_KIND`: the block input, attention output or MLP activation."""
+    sizes = {"hidden": hidden_size, "attn_out": q_size or hidden_size, "mlp_act": intermediate_size}
+    if kind not in sizes:
+        raise ValueError(f"unknown input kind {kind!r}; expected one of {', '.join(sizes)}")
+    return sizes[kind]
 
 
 def module_block(module: str) -> str:

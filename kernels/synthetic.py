@@ -458,6 +458,8 @@ def generate_task(
     seed: int,
     noise: float = DEFAULT_NOISE,
     truth_scale: float = DEFAULT_TRUTH_SCALE,
+    q_size: int | None = None,
+    kv_size: int | None = None,
 ) -> SyntheticTask:
     """Generate a task's seeded dataset and its ground truth (see the module docstring)."""
     if not task:
@@ -493,7 +495,7 @@ def generate_task(
                                np.float32(prof.amp_hi), np.float32(prof.off_max))
 
     needed_kinds = {INPUT_KIND[m] for m in modules}
-    dims = {"hidden": hidden_size, "attn_out": hidden_size, "mlp_act": intermediate_size}
+    dims = {"hidden": hidden_size, "attn_out": q_size or hidden_size, "mlp_act": intermediate_size}
 
     # Every output array is a view into one block: one large allocation (which numpy backs with
     # huge pages) instead of dozens of fresh 3 MB ones, whose page faults cost more than the math.
@@ -503,7 +505,7 @@ def generate_task(
             if kind in needed_kinds:
                 plan.append((f"layers.{layer}.{kind}", dims[kind]))
         for m in modules:
-            plan.append((f"layers.{layer}.{m}", module_shape(m, hidden_size, intermediate_size)[1]))
+            plan.append((f"layers.{layer}.{m}", module_shape(m, hidden_size, intermediate_size, q_size, kv_size)[1]))
     if "hidden" not in needed_kinds:
         plan.append(("quality-input", hidden_size))
     block = np.empty(n * sum(w for _, w in plan), np.float32)
@@ -547,7 +549,7 @@ def generate_task(
     truth: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for layer in range(num_layers):
         for m in modules:
-            d_in, d_out = module_shape(m, hidden_size, intermediate_size)
+            d_in, d_out = module_shape(m, hidden_size, intermediate_size, q_size, kv_size)
             group, s, S, zb = latent[f"layers.{layer}.{INPUT_KIND[m]}"]
             mkey = _derive(seed, th, 6, layer, ALL_MODULES.index(m))
             Ut, V, G = _truth_factors(d_in, d_out, k, group, s, S, np.uint64(mkey), np.float64(truth_scale))

@@ -123,7 +123,8 @@ def load_dataset(directory: str | os.PathLike) -> Dataset:
     return dataset
 
 
-def check_dataset(dataset: Dataset, hidden_size: int, intermediate_size: int, num_layers: int) -> None:
+def check_dataset(dataset: Dataset, hidden_size: int, intermediate_size: int, num_layers: int,
+                  q_size: int | None = None, kv_size: int | None = None) -> None:
     """Shapes against the geometry, finite values, non-empty, consistent split: or DatasetError."""
     n = dataset.n_examples
     if n == 0 or not dataset.targets:
@@ -137,7 +138,7 @@ def check_dataset(dataset: Dataset, hidden_size: int, intermediate_size: int, nu
             raise DatasetError(str(exc)) from None
         if layer >= num_layers:
             raise DatasetError(f"{key}: layer {layer} is outside the {num_layers}-layer geometry")
-        n_in, n_out = module_shape(module, hidden_size, intermediate_size)
+        n_in, n_out = module_shape(module, hidden_size, intermediate_size, q_size, kv_size)
         X = dataset.X(key)
         if X.shape != (n, n_in):
             raise DatasetError(f"{key}: X has shape {list(X.shape)}, expected [{n}, {n_in}]")
@@ -161,7 +162,8 @@ def split_indices(n: int, seed: int, val_fraction: float = 0.2) -> tuple[np.ndar
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def load_user_folder(folder: str | os.PathLike, *, hidden_size: int, intermediate_size: int, num_layers: int, seed: int = 0) -> Dataset:
+def load_user_folder(folder: str | os.PathLike, *, hidden_size: int, intermediate_size: int, num_layers: int,
+                     q_size: int | None = None, kv_size: int | None = None, seed: int = 0) -> Dataset:
     """Turn a folder of per-module `X`/`R` safetensors files into a checked `Dataset`."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -205,5 +207,5 @@ def load_user_folder(folder: str | os.PathLike, *, hidden_size: int, intermediat
     train_idx, val_idx = split_indices(count, seed)
     dataset = Dataset(inputs, targets, input_of, quality, train_idx, val_idx,
                       {"kind": "user", "source": str(folder), "seed": seed, "noise_floor": None})
-    check_dataset(dataset, hidden_size, intermediate_size, num_layers)
+    check_dataset(dataset, hidden_size, intermediate_size, num_layers, q_size, kv_size)
     return dataset

@@ -80,9 +80,7 @@ def save_adapter(
             tensors[peft_key(key, factor)] = np.ascontiguousarray(array, dtype=_DTYPES[dtype])
     header = {
         "format": "pt",
-        "ruv.geometry": json.dumps(
-            {"hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size, "num_layers": spec.num_layers}
-        ),
+        "ruv.geometry": json.dumps(spec.geometry(), sort_keys=True),
         "ruv.metadata": json.dumps(metadata or {}, sort_keys=True),
     }
     directory = Path(directory)
@@ -116,17 +114,24 @@ def peft_config(spec: AdapterSpec, base_model: str | None = None) -> dict:
     }
 
 
+GEOMETRY_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "q_size", "kv_size")
+
+
 def load_adapter(
     directory: str | os.PathLike,
     *,
     hidden_size: int | None = None,
     intermediate_size: int | None = None,
     num_layers: int | None = None,
+    q_size: int | None = None,
+    kv_size: int | None = None,
 ) -> LoadedAdapter:
     """Read and check an adapter directory written by us or by PEFT.
 
-    Geometry comes from the arguments when given (and is then enforced), else from our header,
-    else is inferred from the tensor shapes.
+    Module shapes come from the tensors themselves (each module's A/B pair must agree with the
+    other modules on hidden, q/kv and intermediate widths), so an adapter PEFT saved for any
+    Llama-family model loads, grouped-query attention included. Geometry given as arguments (or
+    recorded in our header) is enforced on top: a tensor that does not fit it is named.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -142,9 +147,14 @@ def load_adapter(
         layer, block, module, factor = match.groups()
         if module_block(module) != block:
             raise AdapterFormatError(f"{name}: {module} belongs under {module_block(module)}, not {block}")
+        if array.ndim != 2:
+            raise AdapterFormatError(f"{name}: shape {list(array.shape)}, expected a 2-D matrix")
         found.setdefault(f"layers.{int(layer)}.{module}", {})[factor] = array
 
-    geometry = json.loads(header.get("ruv.geometry", "{}") or "{}")
+    try:
+        recorded = json.loads(header.get("ruv.geometry", "{}") or "{}")
+    except ValueError:
+        raise AdapterFormatError(f"{directory / WEIGHTS_NAME}: header ruv.geometry is not valid JSON") from None
     targets = tuple(m for m in ALL_MODULES if m in config["target_modules"])
     present = {split_key(k)[1] for k in found}
     if not targets:
@@ -155,25 +165,30 @@ def load_adapter(
     extra = present - set(targets)
     if extra:
         raise AdapterFormatError(f"{directory}: tensors for {', '.join(sorted(extra))} but target_modules is {list(targets)}")
-
-    inferred = _infer_geometry(found)
-    hidden = hidden_size or geometry.get("hidden_size") or inferred.get("hidden_size")
-    inter = intermediate_size or geometry.get("intermediate_size") or inferred.get("intermediate_size") or 4 * hidden
-    layers = num_layers or geometry.get("num_layers") or (1 + max(split_key(k)[0] for k in found) if found else 0)
-    if not hidden or not layers:
+    if not found:
         raise AdapterFormatError(f"{directory / WEIGHTS_NAME}: holds no LoRA tensors")
+
+    explicit = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "num_layers": num_layers,
+                "q_size": q_size, "kv_size": kv_size}
+    given = {f: explicit[f] or recorded.get(f) for f in GEOMETRY_FIELDS}
+    # what was not given is read off the tensors; what was given is enforced tensor by tensor below
+    inferred = infer_geometry(found, directory / WEIGHTS_NAME, skip={f for f, v in given.items() if v})
+    inferred["num_layers"] = 1 + max(split_key(k)[0] for k in found)
+    dims = {f: given[f] or inferred.get(f) for f in GEOMETRY_FIELDS}
     try:
         spec = AdapterSpec(
             rank=config["r"],
             alpha=config["lora_alpha"],
             targets=targets,
-            hidden_size=int(hidden),
-            intermediate_size=int(inter),
-            num_layers=int(layers),
+            hidden_size=int(dims["hidden_size"]),
+            intermediate_size=dims["intermediate_size"],
+            num_layers=int(dims["num_layers"]),
             dropout=config["lora_dropout"],
             use_rslora=config["use_rslora"],
+            q_size=dims["q_size"],
+            kv_size=dims["kv_size"],
         )
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise AdapterFormatError(f"{directory / CONFIG_NAME}: {exc}") from None
 
     A, B, dtypes = {}, {}, set()
@@ -199,6 +214,46 @@ def load_adapter(
         raise AdapterFormatError(f"{directory / WEIGHTS_NAME}: mixes dtypes {sorted(dtypes)}")
     metadata = json.loads(header.get("ruv.metadata", "{}") or "{}")
     return LoadedAdapter(LoraAdapter(spec, A, B), metadata, dtypes.pop())
+
+
+def full_geometry(geometry: dict) -> dict:
+    """A recorded geometry with the attention widths filled in (q = hidden, kv = q by default)."""
+    out = dict(geometry)
+    if "hidden_size" in out:
+        out.setdefault("q_size", out["hidden_size"])
+        out.setdefault("kv_size", out["q_size"])
+    return out
+
+
+# Which model dimension each side of each module's weight is: (A's input width, B's output width).
+_SIDES = {
+    "q_proj": ("hidden_size", "q_size"),
+    "k_proj": ("hidden_size", "kv_size"),
+    "v_proj": ("hidden_size", "kv_size"),
+    "o_proj": ("q_size", "hidden_size"),
+    "gate_proj": ("hidden_size", "intermediate_size"),
+    "up_proj": ("hidden_size", "intermediate_size"),
+    "down_proj": ("intermediate_size", "hidden_size"),
+}
+
+
+def infer_geometry(found: dict[str, dict[str, np.ndarray]], where, skip: set[str] = frozenset()) -> dict:
+    """Model dimensions read off the tensors; two tensors that disagree on one are an error."""
+    geometry: dict[str, int] = {}
+    seen_at: dict[str, str] = {}
+    for key in sorted(found, key=lambda k: split_key(k)):
+        module = split_key(key)[1]
+        for factor, axis, field in (("A", 1, _SIDES[module][0]), ("B", 0, _SIDES[module][1])):
+            array = found[key].get(factor)
+            if array is None or field in skip:
+                continue
+            size = int(array.shape[axis])
+            if field in geometry and geometry[field] != size:
+                raise AdapterFormatError(
+                    f"{where}: {peft_key(key, factor)} gives {field} {size}, but {seen_at[field]} gives {geometry[field]}")
+            geometry.setdefault(field, size)
+            seen_at.setdefault(field, peft_key(key, factor))
+    return geometry
 
 
 def _read_config(path: Path) -> dict:
@@ -239,20 +294,3 @@ def _read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         return load_file(str(path)), header
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise AdapterFormatError(f"{path}: corrupt or partial safetensors file ({exc})") from None
-
-
-def _infer_geometry(found: dict[str, dict[str, np.ndarray]]) -> dict:
-    geometry = {}
-    for key, factors in found.items():
-        module = split_key(key)[1]
-        a, b = factors.get("A"), factors.get("B")
-        if a is None or b is None:
-            continue
-        if module in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"):
-            geometry.setdefault("hidden_size", a.shape[1])
-        if module in ("gate_proj", "up_proj"):
-            geometry.setdefault("intermediate_size", b.shape[0])
-        if module == "down_proj":
-            geometry.setdefault("intermediate_size", a.shape[1])
-            geometry.setdefault("hidden_size", b.shape[0])
-    return geometry

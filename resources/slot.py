@@ -71,7 +71,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from resources.errors import AdapterFormatError, StoreError
-from resources.peft_format import CONFIG_NAME, WEIGHTS_NAME, LoadedAdapter, load_adapter
+from resources.peft_format import CONFIG_NAME, GEOMETRY_FIELDS as _GEOMETRY_FIELDS, WEIGHTS_NAME, LoadedAdapter, full_geometry, load_adapter
 from resources.store import check_name, fsync_dir
 
 VERSIONS = "versions"
@@ -86,7 +86,6 @@ TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 _VERSION_RE = re.compile(r"^(\d{1,18})-([0-9a-f]{12})$")
 _GEN_WIDTH = 8
-_GEOMETRY_FIELDS = ("hidden_size", "intermediate_size", "num_layers")
 _PROVENANCE_FIELDS = ("asset_key", "partition", "data_version", "run_id")
 
 
@@ -644,9 +643,8 @@ class Slot:
             current = read_manifest(self.versions_dir / active).get("geometry") or {}
         except SlotError:
             return
-        spec = loaded.adapter.spec
-        new = {k: getattr(spec, k) for k in _GEOMETRY_FIELDS}
-        differs = [f"{k} {new[k]} (active has {current[k]})" for k in _GEOMETRY_FIELDS if k in current and current[k] != new[k]]
+        new, current = full_geometry(loaded.adapter.spec.geometry()), full_geometry(current)
+        differs = [f"{k} {new[k]} (active has {current[k]})" for k in _GEOMETRY_FIELDS if k in current and k in new and current[k] != new[k]]
         if differs:
             raise SlotError(
                 f"refusing to promote {source}: geometry differs from the active version {active}: "
@@ -725,7 +723,7 @@ class Slot:
         fields = {
             "action": "promote",
             "source_dir": str(source.resolve()),
-            "geometry": {k: getattr(spec, k) for k in _GEOMETRY_FIELDS},
+            "geometry": spec.geometry(),
             "rank": spec.rank,
             "alpha": spec.alpha,
             "targets": list(spec.targets),

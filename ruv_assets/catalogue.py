@@ -79,7 +79,8 @@ class CatalogueFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    geometry: ModelGeometry = ModelGeometry()
+    base_model: str | None = Field(None, description="a local model directory (config.json + safetensors) or a .gguf file")
+    geometry: ModelGeometry | None = None
     adapters: list[LoraConfig] = []
     composites: list[CompositeConfig] = []
 
@@ -87,9 +88,11 @@ class CatalogueFile(BaseModel):
 class Catalogue:
     """Presets, custom adapters and composites, looked up by name or by domain tag."""
 
-    def __init__(self, adapters: list[LoraConfig], composites: list[CompositeConfig], geometry: ModelGeometry, source: str):
+    def __init__(self, adapters: list[LoraConfig], composites: list[CompositeConfig], geometry: ModelGeometry, source: str,
+                 base_model: str | None = None):
         self.geometry = geometry
         self.source = source
+        self.base_model = base_model
         self._adapters = {a.name: a for a in adapters}
         self._composites = {c.name: c for c in composites}
 
@@ -127,16 +130,24 @@ def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
     """Read the catalogue at `path`, `$RUV_CATALOGUE`, or the shipped default, and validate it."""
     path = Path(path or os.environ.get("RUV_CATALOGUE") or DEFAULT_CATALOGUE)
     raw = _read(path)
+    raw = _presets_with_capture(path, raw)
     try:
         parsed = CatalogueFile.model_validate(raw)
     except ValidationError as exc:
         raise CatalogueError(_describe(path, raw, exc)) from None
+    geometry, base_model = _geometry_of(path, parsed)
     adapters = list(PRESETS)
     names = {a.name for a in adapters}
     for custom in parsed.adapters:
+        if custom.name in names and custom.capture is not None and custom.name in _PRESET_NAMES:
+            adapters[[a.name for a in adapters].index(custom.name)] = custom.model_copy(
+                update={"capture": _resolve_capture(path, custom, base_model)})
+            continue
         if custom.name in names:
             raise CatalogueError(f"{path}: adapters: {custom.name!r} is already declared (presets: {', '.join(p.name for p in PRESETS)})")
         names.add(custom.name)
+        if custom.capture is not None:
+            custom = custom.model_copy(update={"capture": _resolve_capture(path, custom, base_model)})
         adapters.append(custom)
     seen: set[str] = set()
     for composite in parsed.composites:
@@ -146,7 +157,63 @@ def load_catalogue(path: str | os.PathLike | None = None) -> Catalogue:
         for source in composite.sources:
             if source not in names:
                 raise CatalogueError(f"{path}: composites[{composite.name}]: sources: unknown adapter {source!r}")
-    return Catalogue(adapters, parsed.composites, parsed.geometry, str(path))
+    return Catalogue(adapters, parsed.composites, geometry, str(path), base_model)
+
+
+_PRESET_NAMES = {p.name: p for p in PRESETS}
+
+
+def _presets_with_capture(path: Path, raw: dict) -> dict:
+    """An adapter entry that names a preset may add `capture:` to it (and nothing else): the
+    preset's rank, alpha and targets are filled in, so a role is trained on a real model's data."""
+    entries = raw.get("adapters")
+    if not isinstance(entries, list):
+        return raw
+    out = []
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("name") in _PRESET_NAMES and "capture" in entry:
+            extra = sorted(set(entry) - {"name", "capture"})
+            if extra:
+                raise CatalogueError(f"{path}: adapters[{entry['name']}]: {entry['name']} is a preset; only capture can be added to it, not {', '.join(extra)}")
+            entry = {**_PRESET_NAMES[entry["name"]].model_dump(exclude={"capture"}), "capture": entry["capture"]}
+        out.append(entry)
+    return {**raw, "adapters": out}
+
+
+def _resolve(path: Path, value: str) -> Path:
+    """A path in the catalogue, relative to the catalogue file's folder unless absolute."""
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (path.parent / p)
+
+
+def _geometry_of(path: Path, parsed: CatalogueFile) -> tuple[ModelGeometry, str | None]:
+    """The geometry in force: read from `base_model` when there is one, else the `geometry` block."""
+    if parsed.base_model is None:
+        return parsed.geometry or ModelGeometry(), None
+    if parsed.geometry is not None:
+        raise CatalogueError(f"{path}: geometry: give either base_model or geometry; with a base model the shapes come from it")
+    from resources.base_model import BaseModelError, read_base_model
+
+    model = _resolve(path, parsed.base_model)
+    try:
+        info = read_base_model(model)
+    except BaseModelError as exc:
+        raise CatalogueError(f"{path}: base_model: {exc}") from None
+    return ModelGeometry(**info.geometry_fields()), str(model.resolve())
+
+
+def _resolve_capture(path: Path, entry: LoraConfig, base_model: str | None):
+    """Capture paths made absolute and checked to exist; capture needs a base model."""
+    where = f"{path}: adapters[{entry.name}]: capture"
+    if base_model is None:
+        raise CatalogueError(f"{where}: needs base_model at the top of the catalogue (the model to capture from)")
+    update = {}
+    for field, value in entry.capture.paths().items():
+        resolved = _resolve(path, value)
+        if not resolved.exists():
+            raise CatalogueError(f"{where}: {field}: {resolved} does not exist")
+        update[field] = str(resolved.resolve())
+    return entry.capture.model_copy(update=update)
 
 
 def _read(path: Path) -> dict:
@@ -197,7 +264,8 @@ def current_catalogue() -> Catalogue:
 def current_geometry(**explicit: int | None) -> ModelGeometry:
     """The model geometry in force: explicit values (Dagster config), else `RUV_HIDDEN_SIZE`,
     `RUV_INTERMEDIATE_SIZE`, `RUV_NUM_LAYERS`, else the catalogue's `geometry`."""
-    base = current_catalogue().geometry
+    catalogue = current_catalogue()
+    base = catalogue.geometry
     values = {}
     for field in ("hidden_size", "intermediate_size", "num_layers"):
         value = explicit.get(field)
@@ -211,6 +279,11 @@ def current_geometry(**explicit: int | None) -> ModelGeometry:
             else:
                 value = getattr(base, field)
         values[field] = value
+    if catalogue.base_model is not None:
+        differs = [f for f, v in values.items() if v != getattr(base, f)]
+        if differs:
+            raise CatalogueError(f"geometry: {', '.join(differs)} overridden, but the shapes come from base_model {catalogue.base_model}")
+        return base
     try:
         return ModelGeometry(**values)
     except ValidationError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,11 +26,104 @@ class Strict(BaseModel):
 
 
 class ModelGeometry(Strict):
-    """Shapes of the base model a family of adapters is built for (Llama-style block)."""
+    """Shapes of the base model a family of adapters is built for (Llama-style block).
+
+    Head counts are optional: without them every attention module is hidden -> hidden; with them
+    q is `hidden -> heads * head_dim` and k/v `hidden -> kv_heads * head_dim` (grouped-query
+    attention). Field names are Hugging Face's `config.json` names.
+    """
 
     hidden_size: int = Field(768, ge=1)
     intermediate_size: int = Field(3072, ge=1)
     num_layers: int = Field(2, ge=1)
+    num_attention_heads: int | None = Field(None, ge=1)
+    num_key_value_heads: int | None = Field(None, ge=1)
+    head_dim: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ModelGeometry":
+        heads, kv = self.num_attention_heads, self.num_key_value_heads
+        if heads is None:
+            if kv is not None or self.head_dim is not None:
+                raise ValueError("num_key_value_heads and head_dim need num_attention_heads")
+            return self
+        if self.head_dim is None and self.hidden_size % heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {heads}; give head_dim")
+        if kv is not None and heads % kv:
+            raise ValueError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+        return self
+
+    def dims(self) -> dict[str, int]:
+        """The module widths every loader and checker takes: hidden, intermediate, layers, q and kv sizes."""
+        return {"hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size, "num_layers": self.num_layers,
+                "q_size": self.q_size, "kv_size": self.kv_size}
+
+    @property
+    def q_size(self) -> int:
+        """Output width of q_proj (input width of o_proj): heads * head_dim."""
+        if self.num_attention_heads is None:
+            return self.hidden_size
+        return self.num_attention_heads * (self.head_dim or self.hidden_size // self.num_attention_heads)
+
+    @property
+    def kv_size(self) -> int:
+        """Output width of k_proj and v_proj: kv_heads * head_dim."""
+        if self.num_attention_heads is None:
+            return self.hidden_size
+        kv = self.num_key_value_heads or self.num_attention_heads
+        return kv * (self.head_dim or self.hidden_size // self.num_attention_heads)
+
+
+class CaptureConfig(Strict):
+    """Where an adapter's data comes from on a real model: a teacher run over a text corpus.
+
+    Exactly one teacher: `teacher_adapter` (a PEFT LoRA adapter directory for the base model),
+    `teacher_model` (a fine-tuned model directory of the same architecture and vocabulary) or
+    `system_prompt` (the base model reading this prompt before each text: context distillation).
+    `mode` defaults per teacher: teacher-forced for an adapter or model teacher (exact when the
+    teacher differs from the base on the target modules), sequential for a system prompt (the
+    student's inputs differ from the teacher's, so each layer is fitted on what the student
+    really reads after the earlier layers were fitted).
+    """
+
+    teacher_adapter: str | None = None
+    teacher_model: str | None = None
+    system_prompt: str | None = Field(None, min_length=1)
+    corpus: str = Field(description="a .jsonl file of {\"text\": ...} lines, a .txt file or a directory of .txt files")
+    max_tokens: int = Field(8192, ge=1, description="tokens captured (training and held-out windows together)")
+    window: int = Field(128, ge=8, le=8192, description="tokens per sequence")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="windows kept for judging on the model, never trained on")
+    mode: Literal["teacher_forced", "sequential"] | None = None
+    ridge: float | None = Field(None, ge=0.0, description="ridge as a fraction of the Gram's mean diagonal")
+    min_kl_removed: float = Field(0.5, le=1.0, description="promotion gate: fraction of KL(teacher || base) removed on held-out text")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "CaptureConfig":
+        given = [k for k in ("teacher_adapter", "teacher_model", "system_prompt") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"name exactly one teacher (teacher_adapter, teacher_model or system_prompt), got {given or 'none'}")
+        if self.max_tokens < self.window * self.batch_size:
+            raise ValueError(f"max_tokens {self.max_tokens} is below one batch ({self.batch_size} windows of {self.window} tokens)")
+        return self
+
+    @property
+    def teacher_kind(self) -> str:
+        return next(k for k in ("teacher_adapter", "teacher_model", "system_prompt") if getattr(self, k) is not None)
+
+    @property
+    def effective_mode(self) -> str:
+        return self.mode or ("sequential" if self.teacher_kind == "system_prompt" else "teacher_forced")
+
+    @property
+    def effective_ridge(self) -> float:
+        # measured on SmolLM2 held-out text: 0.1-0.3 for context distillation; a delta teacher is
+        # exactly representable, so only a trace of ridge (for conditioning) is wanted
+        return self.ridge if self.ridge is not None else (0.2 if self.effective_mode == "sequential" else 1e-6)
+
+    def paths(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in ("teacher_adapter", "teacher_model", "corpus") if getattr(self, k) is not None}
 
 
 class LoraConfig(Strict):
@@ -44,6 +137,7 @@ class LoraConfig(Strict):
     description: str = ""
     tags: tuple[str, ...] = ()
     use_rslora: bool = False
+    capture: CaptureConfig | None = None
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -75,6 +169,8 @@ class LoraConfig(Strict):
             num_layers=geometry.num_layers,
             dropout=self.dropout,
             use_rslora=self.use_rslora,
+            q_size=geometry.q_size,
+            kv_size=geometry.kv_size,
         )
 
     def params(self, geometry: ModelGeometry) -> int:

@@ -49,13 +49,13 @@ def synthetic_dataset(context: AssetExecutionContext, config: DatasetConfig, sto
     targets = list(adapter.target_modules)
     seed = stable_seed(name) + config.seed
     if config.user_folder:
-        dataset = load_user_folder(config.user_folder, hidden_size=geo.hidden_size, intermediate_size=geo.intermediate_size,
-                                   num_layers=geo.num_layers, seed=seed)
+        dataset = load_user_folder(config.user_folder, **geo.dims(), seed=seed)
     else:
-        task = generate_task(name, targets, adapter.rank, geo.hidden_size, geo.intermediate_size, geo.num_layers, config.n_examples, seed)
+        task = generate_task(name, targets, adapter.rank, geo.hidden_size, geo.intermediate_size, geo.num_layers, config.n_examples, seed,
+                             q_size=geo.q_size, kv_size=geo.kv_size)
         dataset = synthetic_to_dataset(name, task, targets, geo.num_layers, seed)
     dataset.meta["geometry"] = geo.model_dump()
-    check_dataset(dataset, geo.hidden_size, geo.intermediate_size, geo.num_layers)
+    check_dataset(dataset, **geo.dims())
     stored = store.store().write("synthetic_dataset", name, lambda d: save_dataset(dataset, d, dtype="float16" if config.float16 else "float32"))
     floor = dataset.meta.get("noise_floor")
     return Output(

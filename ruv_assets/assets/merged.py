@@ -68,8 +68,7 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
     if missing:
         raise ValueError(f"composite {name}: no trained_adapter for {', '.join(missing)}; materialise them first")
     geo = geometry.geometry()
-    loaded = [load_adapter(by_name[s].path, hidden_size=geo.hidden_size, intermediate_size=geo.intermediate_size,
-                           num_layers=geo.num_layers) for s in composite.sources]
+    loaded = [load_adapter(by_name[s].path, **geo.dims()) for s in composite.sources]
     sources = [item.adapter.astype(np.float32) for item in loaded]
     result = merge(composite.method, merge_sources(sources), weights=composite.weights, density=composite.density,
                    lam=composite.lam, t=composite.t, rank=composite.rank, seed=composite.seed,

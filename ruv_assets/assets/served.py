@@ -67,7 +67,7 @@ def served_adapter(context: AssetExecutionContext, config: PromotionConfig, stor
                 "source_storage_id": config.source_storage_id or None,
             },
             expected_generation=None if config.expected_generation < 0 else config.expected_generation,
-            geometry=geometry.geometry().model_dump(),
+            geometry=geometry.geometry().dims(),
         )
     context.log.info(f"slot {name}: generation {state.generation}, active {state.active}")
     return MaterializeResult(

@@ -96,11 +96,11 @@ def trained_adapter(
     settings = config.settings()  # a bad config fails here, before anything is read or written
     geo = geometry.geometry()
     declared = current_catalogue().adapter(name).spec(geo)
-    start = load_adapter(preset_adapter.path, hidden_size=geo.hidden_size, intermediate_size=geo.intermediate_size, num_layers=geo.num_layers).adapter
+    start = load_adapter(preset_adapter.path, **geo.dims()).adapter
     if start.spec != declared:
         raise ValueError(f"preset_adapter[{name}] does not match the catalogue (rank/targets changed?); materialise preset_adapter first")
     dataset = load_dataset(synthetic_dataset.path)
-    check_dataset(dataset, geo.hidden_size, geo.intermediate_size, geo.num_layers)
+    check_dataset(dataset, **geo.dims())
 
     ewc, resumed_from = None, None
     if config.continue_from_last:

@@ -44,6 +44,21 @@ def _floats(text: str) -> tuple[float, ...]:
         raise ValueError(f"--weights: {text!r} is not a comma-separated list of numbers") from None
 
 
+def _check_shapes_agree(dirs: list[str], sources) -> None:
+    """Sources that share a module must agree on its shape, and all on the number of layers."""
+    layers = {s.spec.num_layers for s in sources}
+    if len(layers) > 1:
+        raise UserError(f"adapters are for different model geometries: {sorted(layers)} layers")
+    seen: dict[str, tuple[str, tuple[int, int]]] = {}
+    for where, source in zip(dirs, sources):
+        for module, shape in source.spec.module_shapes().items():
+            if module in seen and seen[module][1] != shape:
+                other, theirs = seen[module]
+                raise UserError(f"adapters are for different model geometries: {module} is [{theirs[0]} -> {theirs[1]}] "
+                                f"in {other} but [{shape[0]} -> {shape[1]}] in {where}")
+            seen.setdefault(module, (where, shape))
+
+
 def run(args) -> int:
     out = Path(args.output)
     if out.exists():
@@ -54,21 +69,14 @@ def run(args) -> int:
         sources = [load_adapter(d).adapter.astype("float32") for d in args.adapters]
     except AdapterFormatError as exc:
         raise UserError(str(exc)) from None
-    shapes = {(s.spec.hidden_size, s.spec.num_layers) for s in sources}
-    # the intermediate size is only known from an adapter that targets an MLP module
-    mlp = [s for s in sources if set(s.spec.targets) & {"gate_proj", "up_proj", "down_proj"}]
-    inter = {s.spec.intermediate_size for s in mlp}
-    if len(shapes) > 1 or len(inter) > 1:
-        raise UserError("adapters are for different model geometries: (hidden, layers) "
-                        f"{sorted(shapes)}, intermediate {sorted(inter) or 'unknown'}")
+    _check_shapes_agree(args.adapters, sources)
 
     try:
         result = merge(args.method, merge_sources(sources), weights=args.weights, density=args.density, lam=args.lam,
                        t=args.t, rank=args.rank, seed=args.seed, dare_combine=args.dare_combine)
     except MergeError as exc:
         raise UserError(str(exc)) from None
-    # record the real intermediate size (known only from an MLP-targeting source), not a guess
-    merged = merged_adapter_from(result, sources, intermediate_size=mlp[0].spec.intermediate_size if mlp else None)
+    merged = merged_adapter_from(result, sources)
     metadata = {"name": out.name, "method": args.method, "sources": [str(Path(d).resolve()) for d in args.adapters],
                 "reconstruction_error": result.reconstruction_error}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

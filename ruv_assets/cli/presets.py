@@ -53,8 +53,13 @@ def run(args) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print(f"\ngeometry: hidden {geometry.hidden_size}, intermediate {geometry.intermediate_size}, "
-          f"{geometry.num_layers} layers; memory at float32")
+    heads = ""
+    if geometry.num_attention_heads:
+        heads = (f", {geometry.num_attention_heads} heads / {geometry.num_key_value_heads or geometry.num_attention_heads} "
+                 f"kv heads (q {geometry.q_size}, k/v {geometry.kv_size})")
+    model = f"base model {current_catalogue().base_model}\n" if current_catalogue().base_model else ""
+    print(f"\n{model}geometry: hidden {geometry.hidden_size}, intermediate {geometry.intermediate_size}, "
+          f"{geometry.num_layers} layers{heads}; memory at float32")
     return 0
 
 

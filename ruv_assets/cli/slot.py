@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     promote.add_argument("--hidden-size", type=_positive, help="refuse an adapter of another hidden size")
     promote.add_argument("--intermediate-size", type=_positive, help="refuse an adapter of another intermediate size")
     promote.add_argument("--num-layers", type=_positive, help="refuse an adapter with another number of layers")
+    promote.add_argument("--q-size", type=_positive, help="refuse an adapter whose q_proj output (heads * head_dim) differs")
+    promote.add_argument("--kv-size", type=_positive, help="refuse an adapter whose k/v_proj output (kv_heads * head_dim) differs")
     promote.add_argument("--provenance", action="append", default=[], metavar="KEY=VALUE",
                          help="recorded in the manifest and history (asset_key, partition, data_version, run_id, ...)")
 
@@ -154,7 +156,8 @@ def run_promote(args) -> int:
         if not sep or not key:
             raise ValueError(f"--provenance expects KEY=VALUE, got {item!r}")
         provenance[key] = value
-    geometry = {"hidden_size": args.hidden_size, "intermediate_size": args.intermediate_size, "num_layers": args.num_layers}
+    geometry = {"hidden_size": args.hidden_size, "intermediate_size": args.intermediate_size, "num_layers": args.num_layers,
+                "q_size": args.q_size, "kv_size": args.kv_size}
     geometry = {k: v for k, v in geometry.items() if v is not None} or None
     slot = Slot.from_dir(args.slot_dir)
     if args.prepare_only:
