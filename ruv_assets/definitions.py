@@ -10,6 +10,7 @@ from dagster import Definitions, in_process_executor
 from resources.dagster_resources import SlotsResource, StoreIOManager, StoreResource
 from ruv_assets.assets.dataset import synthetic_dataset
 from ruv_assets.assets.entries import adapter_entry, composite_entry
+from ruv_assets.assets.sources import base_model, capture_corpus, capture_teacher
 from ruv_assets.assets.merged import merged_adapter
 from ruv_assets.assets.preset import preset_adapter
 from ruv_assets.assets.served import served_adapter
@@ -21,7 +22,7 @@ from ruv_assets.schedules import retrain_schedule
 from ruv_assets.sensors import promotion_sensor
 
 defs = Definitions(
-    assets=[adapter_entry, composite_entry, preset_adapter, synthetic_dataset, trained_adapter, merged_adapter, served_adapter],
+    assets=[adapter_entry, composite_entry, base_model, capture_teacher, capture_corpus, preset_adapter, synthetic_dataset, trained_adapter, merged_adapter, served_adapter],
     jobs=[train_job, merge_job, promote_job, build_all_job],
     sensors=[promotion_sensor],
     schedules=[retrain_schedule],

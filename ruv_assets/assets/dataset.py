@@ -12,7 +12,7 @@ from resources.store import StoredObject
 from ruv_assets import versions
 from ruv_assets.partitions import adapter_partitions
 from ruv_assets.preset_seed import stable_seed
-from ruv_assets.catalogue import current_catalogue
+from ruv_assets.catalogue import current_catalogue, current_geometry
 from ruv_assets.resources import GeometryResource
 
 
@@ -35,12 +35,13 @@ def synthetic_to_dataset(name: str, task, targets: list[str], num_layers: int, s
 
 @asset(
     partitions_def=adapter_partitions,
-    deps=["adapter_entry"],
+    deps=["adapter_entry", "base_model", "capture_teacher", "capture_corpus"],
     code_version=versions.SYNTHETIC_DATASET,
     io_manager_key="store_io",
     group_name="data",
     kinds={"numba", "safetensors"},
-    description="Seeded synthetic task data with a known low-rank answer (or a validated user folder), split 80/20.",
+    description="The task's data: seeded synthetic data with a known answer, a validated user folder, or activations "
+                "captured from a teacher on the base model (entries with capture:).",
 )
 def synthetic_dataset(context: AssetExecutionContext, config: DatasetConfig, store: StoreResource, geometry: GeometryResource) -> Output[StoredObject]:
     name = context.partition_key
@@ -48,6 +49,8 @@ def synthetic_dataset(context: AssetExecutionContext, config: DatasetConfig, sto
     geo = geometry.geometry()
     targets = list(adapter.target_modules)
     seed = stable_seed(name) + config.seed
+    if adapter.capture is not None:
+        return _captured(context, name, adapter, store)
     if config.user_folder:
         dataset = load_user_folder(config.user_folder, **geo.dims(), seed=seed)
     else:
@@ -70,6 +73,38 @@ def synthetic_dataset(context: AssetExecutionContext, config: DatasetConfig, sto
             "seed": seed,
             "modules": len(dataset.targets),
             "mean_quality": float(dataset.quality.mean()),
+            "bytes": int(sum(p.stat().st_size for p in stored.path.iterdir())),
+        },
+    )
+
+
+def _captured(context, name, adapter, store) -> Output[StoredObject]:
+    """Token windows and (teacher-forced) per-layer statistics from the base model and the teacher."""
+    from ruv_assets import captured
+
+    base_model = current_catalogue().base_model
+    meta = {}
+    stored = store.store().write("synthetic_dataset", name,
+                                 lambda d: meta.update(captured.build_dataset(d, name, adapter.capture, base_model, context.log.info)))
+    sizes = captured.stored_sizes(adapter.spec(current_geometry()), current_geometry().dims(), meta["train_tokens"] + meta["heldout_tokens"])
+    return Output(
+        stored,
+        data_version=DataVersion(stored.data_version),
+        metadata={
+            "path": MetadataValue.path(str(stored.path)),
+            "kind": "captured",
+            "mode": meta["mode"],
+            "teacher": meta["teacher"],
+            "n_train": meta["train_tokens"],
+            "n_val": meta["heldout_tokens"],
+            "noise_floor": MetadataValue.null(),
+            "seed": meta["seed"],
+            "base_model_hash": meta["base_model_hash"],
+            "teacher_hash": meta["teacher_hash"],
+            "corpus_hash": meta["corpus_hash"],
+            "capture_tokens_per_s": meta.get("capture_tokens_per_s", MetadataValue.null()),
+            "stats_bytes": sizes["stats_bytes"],
+            "raw_float16_bytes_same_tokens": sizes["raw_float16_bytes"],
             "bytes": int(sum(p.stat().st_size for p in stored.path.iterdir())),
         },
     )

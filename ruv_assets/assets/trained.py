@@ -50,6 +50,9 @@ CHECKS = [
     AssetCheckSpec("beats_zero_adapter", asset="trained_adapter", blocking=True, description="validation loss below the zero adapter's"),
     AssetCheckSpec("near_noise_floor", asset="trained_adapter", blocking=True,
                    description=f"validation loss at most {NOISE_FLOOR_TOLERANCE:.0%} above the dataset's noise floor (synthetic data)"),
+    AssetCheckSpec("removes_teacher_kl", asset="trained_adapter", blocking=True,
+                   description="captured data: on held-out text, with the adapter loaded by PEFT on the base model, at least "
+                               "the entry's min_kl_removed of KL(teacher || base) is removed"),
 ]
 
 
@@ -81,6 +84,7 @@ def previous_version(store, name: str, spec) -> tuple[LoraAdapter, EwcState | No
     group_name="adapters",
     kinds={"numba", "safetensors"},
     ins={"preset_adapter": AssetIn(), "synthetic_dataset": AssetIn()},
+    deps=["base_model", "capture_teacher"],
     check_specs=CHECKS,
     description="Best checkpoint of quality-weighted LoRA training on the task dataset (EWC++ when retraining).",
 )
@@ -99,6 +103,10 @@ def trained_adapter(
     start = load_adapter(preset_adapter.path, **geo.dims()).adapter
     if start.spec != declared:
         raise ValueError(f"preset_adapter[{name}] does not match the catalogue (rank/targets changed?); materialise preset_adapter first")
+    entry = current_catalogue().adapter(name)
+    if entry.capture is not None:
+        yield from _train_captured(context, name, entry, declared, store, synthetic_dataset)
+        return
     dataset = load_dataset(synthetic_dataset.path)
     check_dataset(dataset, **geo.dims())
 
@@ -190,3 +198,45 @@ def trained_adapter(
     yield AssetCheckResult(check_name="near_noise_floor", passed=near, severity=AssetCheckSeverity.ERROR,
                            metadata={"val_over_floor": float(val_loss / floor) if floor else MetadataValue.null(),
                                      "tolerance": NOISE_FLOOR_TOLERANCE})
+    yield AssetCheckResult(check_name="removes_teacher_kl", passed=True, severity=AssetCheckSeverity.ERROR,
+                           metadata={"applies": "captured data only"})
+
+
+def _train_captured(context, name, entry, spec, store, dataset: StoredObject):
+    """Fit on captured data, store the adapter, judge it on the base model with PEFT, gate on it."""
+    from ruv_assets import captured
+
+    base_model = current_catalogue().base_model
+    adapter, fit = captured.train(name, spec, entry.capture, dataset.path, base_model, context.log.info)
+    metadata = AdapterMetadata(name=name, created_at_ms=0, modified_at_ms=0,
+                               dataset_description=f"captured {name} data, dataset {dataset.data_version[:12]}",
+                               tags=entry.tags, custom={"dataset_version": dataset.data_version, "mode": fit["mode"]})
+    finite = adapter.is_finite()
+    scratch = store.store().write("trained_adapter", name, lambda d: save_adapter(adapter, d, metadata=metadata.model_dump(mode="json"),
+                                                                                  base_model=base_model), set_latest=False)
+    scores = captured.judge(name, entry.capture, dataset.path, scratch.path, base_model, context.log.info)
+    beats = bool(scores["teacher_kl"] < scores["teacher_kl_base"])
+    removes = bool(scores["kl_removed"] >= entry.capture.min_kl_removed)
+    stored = scratch
+    if finite and beats and removes:  # only a version that passes its checks becomes LATEST
+        stored = store.store().write("trained_adapter", name, lambda d: save_adapter(adapter, d, metadata=metadata.model_dump(mode="json"),
+                                                                                     base_model=base_model))
+    yield Output(
+        stored,
+        data_version=DataVersion(stored.data_version),
+        metadata={
+            "path": MetadataValue.path(str(stored.path)),
+            **{k: (float(v) if isinstance(v, float) else v) for k, v in fit.items()},
+            **{k: float(v) if isinstance(v, float) else int(v) for k, v in scores.items()},
+            "noise_floor": MetadataValue.null(),
+            "dataset_version": dataset.data_version,
+            "dtype": "float32",
+        },
+    )
+    yield AssetCheckResult(check_name="weights_finite", passed=bool(finite), severity=AssetCheckSeverity.ERROR)
+    yield AssetCheckResult(check_name="beats_zero_adapter", passed=beats, severity=AssetCheckSeverity.ERROR,
+                           metadata={"teacher_kl": scores["teacher_kl"], "teacher_kl_base": scores["teacher_kl_base"]})
+    yield AssetCheckResult(check_name="near_noise_floor", passed=True, severity=AssetCheckSeverity.ERROR,
+                           metadata={"applies": "synthetic data only"})
+    yield AssetCheckResult(check_name="removes_teacher_kl", passed=removes, severity=AssetCheckSeverity.ERROR,
+                           metadata={"kl_removed": scores["kl_removed"], "min_kl_removed": entry.capture.min_kl_removed})

@@ -1,0 +1,168 @@
+"""Adapters from a real model: what the dataset and training assets do for an entry with `capture:`.
+
+The dataset step reads the corpus (errors before any model loads), loads the base model and the
+teacher, cuts the corpus into windows (train / held-out), and in teacher-forced mode captures the
+per-layer statistics. The training step fits (from the statistics, or sequentially on the model)
+and judges the adapter with PEFT on the base model, on the held-out windows. torch, transformers
+and PEFT are imported here only when such an entry is materialised (the `capture` extra).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from kernels.adapter import AdapterSpec, LoraAdapter
+from kernels.exact import loss_from_factors
+from kernels.modules import INPUT_KIND
+from resources.base_model import content_hash
+from resources.capture.corpus import read_corpus
+from resources.capture.files import load_layer_stats, load_windows, read_meta, save_layer_stats, save_windows, stats_bytes
+from resources.capture.windows import cut_windows, make_windows
+from resources.dataset_format import DatasetError
+
+
+def _capture_extra():
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"capture needs the capture extra (pip install 'ruv-assets[capture]'): {exc}") from None
+
+
+@lru_cache(maxsize=2)
+def cached_model(path: str, version: str):
+    """The base model, loaded once per process and content version."""
+    from resources.capture.models import load_model
+
+    return load_model(path)
+
+
+def teacher_for(base, capture):
+    """`(teacher model, prefix token ids)` of a capture entry."""
+    from resources.capture.models import teacher_from_adapter, teacher_from_model
+
+    if capture.system_prompt is not None:
+        return base, base.encode(capture.system_prompt) + base.encode("\n\n")
+    if capture.teacher_adapter is not None:
+        return teacher_from_adapter(base, capture.teacher_adapter), []
+    return teacher_from_model(base, capture.teacher_model), []
+
+
+def build_dataset(directory: Path, name: str, capture, base_model_path: str, log) -> dict:
+    """Write a captured dataset into `directory`; returns its metadata."""
+    read_corpus(capture.corpus)  # a bad corpus fails before a model is loaded
+    _capture_extra()
+    texts = read_corpus(capture.corpus)
+    base = cached_model(base_model_path, content_hash(base_model_path))
+    teacher, prefix = teacher_for(base, capture)
+    tokens, total = [], 0
+    for text in texts:  # tokenise only as much of the corpus as will be used
+        tokens.append(base.encode(text))
+        total += len(tokens[-1])
+        if total >= capture.max_tokens:
+            break
+    body = cut_windows(tokens, base.encode("\n\n"), capture.window, capture.max_tokens)
+    if body.shape[0] < 2:
+        raise DatasetError(f"{name}: capture: the corpus gives {body.shape[0]} window(s) of {capture.window} tokens; "
+                           "at least 2 are needed (one to train on, one held out)")
+    windows = make_windows(body, base.bos_id, prefix, capture.heldout_fraction, capture.seed)
+    mode = capture.effective_mode
+    meta = {
+        "kind": "captured", "task": name, "mode": mode, "teacher": capture.teacher_kind, "seed": capture.seed,
+        "noise_floor": None, "window": capture.window, "prefix_tokens": len(prefix),
+        "train_windows": int(len(windows.train)), "heldout_windows": int(len(windows.heldout)),
+        "train_tokens": int(len(windows.train) * capture.window), "heldout_tokens": int(len(windows.heldout) * capture.window),
+        "base_model_hash": content_hash(base_model_path), "corpus_hash": content_hash(capture.corpus),
+        "teacher_hash": _teacher_hash(capture),
+    }
+    save_windows(directory, windows, meta)
+    log(f"{name}: {meta['train_windows']} training and {meta['heldout_windows']} held-out windows of {capture.window} tokens, {mode}")
+    if mode == "teacher_forced":
+        from resources.capture.fit import capture_statistics
+
+        started = time.perf_counter()
+        for stats in capture_statistics(teacher, base, windows, tuple(_targets_of(name)), batch=capture.batch_size, progress=log):
+            save_layer_stats(directory, stats)
+        meta["capture_seconds"] = round(time.perf_counter() - started, 2)
+        meta["capture_tokens_per_s"] = round(windows.student.size / max(1e-9, meta["capture_seconds"]), 1)
+    return meta
+
+
+def _targets_of(name: str):
+    from ruv_assets.catalogue import current_catalogue
+
+    return current_catalogue().adapter(name).target_modules
+
+
+def _teacher_hash(capture) -> str:
+    from ruv_assets.assets.sources import teacher_version
+
+    return teacher_version(capture)
+
+
+def stored_sizes(spec: AdapterSpec, dims: dict, tokens: int) -> dict:
+    """Bytes the statistics take (fixed) against raw X/R activations at float16 for `tokens` tokens."""
+    widths = {"hidden": dims["hidden_size"], "attn_out": dims["q_size"], "mlp_act": dims["intermediate_size"]}
+    outs = {m: spec.shape_of(f"layers.0.{m}")[1] for m in spec.targets}
+    kinds = {INPUT_KIND[m] for m in spec.targets}
+    raw = 2 * tokens * spec.num_layers * (sum(widths[k] for k in kinds) + sum(outs.values()))
+    return {"stats_bytes": stats_bytes(widths, outs, kinds, spec.targets, spec.num_layers), "raw_float16_bytes": raw}
+
+
+def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_path: str, log) -> tuple[LoraAdapter, dict]:
+    """Fit the adapter of a captured dataset: from its statistics, or sequentially on the model."""
+    _capture_extra()
+    meta = read_meta(dataset_dir)
+    if meta is None:
+        raise DatasetError(f"{name}: the dataset is not a captured one; materialise the dataset again after adding capture:")
+    if meta["base_model_hash"] != content_hash(base_model_path):
+        raise DatasetError(f"{name}: the dataset was captured from another base model; materialise the dataset again")
+    ridge = capture.effective_ridge
+    started = time.perf_counter()
+    metrics: dict = {"mode": meta["mode"], "ridge_rel": ridge}
+    if meta["mode"] == "teacher_forced":
+        from resources.capture.fit import fit_layer
+
+        A, B, train_num, val_num, denom = {}, {}, 0.0, 0.0, 0
+        for layer in range(spec.num_layers):
+            stats = load_layer_stats(dataset_dir, layer)
+            fits = fit_layer(stats, spec, ridge_rel=ridge)
+            for key, solution in fits.items():
+                A[key], B[key] = solution.A, solution.B
+                module = key.split(".")[2]
+                G_val, C_val = stats.gram["val"][INPUT_KIND[module]], stats.cross["val"][key]
+                val_num += loss_from_factors(G_val, C_val, stats.rr["val"][key], float(stats.n["val"]), solution.A, solution.B, spec.scale, name=key)
+                train_num += loss_from_factors(stats.gram["train"][INPUT_KIND[module]], stats.cross["train"][key], stats.rr["train"][key],
+                                               float(stats.n["train"]), solution.A, solution.B, spec.scale, name=key)
+                denom += 1
+            log(f"solved layer {layer + 1}/{spec.num_layers}")
+        adapter = LoraAdapter(spec, A, B)
+        metrics.update(train_loss=train_num / denom, val_loss=val_num / denom)
+    else:
+        from resources.capture.fit import fit_sequential
+
+        base = cached_model(base_model_path, meta["base_model_hash"])
+        teacher, _ = teacher_for(base, capture)
+        windows = load_windows(dataset_dir)
+        adapter = fit_sequential(base, teacher, windows, spec, ridge_rel=ridge, sink=capture.system_prompt is not None,
+                                 batch=capture.batch_size, progress=log)
+    metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
+    return adapter, metrics
+
+
+def judge(name: str, capture, dataset_dir: Path, adapter_dir: Path, base_model_path: str, log) -> dict:
+    """KL to the teacher, top-1 agreement and perplexity on held-out windows, adapter loaded by PEFT."""
+    from resources.capture.judge import judge_adapter
+
+    base = cached_model(base_model_path, content_hash(base_model_path))
+    teacher, _ = teacher_for(base, capture)
+    started = time.perf_counter()
+    scores = judge_adapter(base, teacher, load_windows(dataset_dir), adapter_dir, batch=max(1, capture.batch_size // 2))
+    scores["judge_seconds"] = round(time.perf_counter() - started, 2)
+    log(f"{name}: KL(teacher || base) {scores['teacher_kl_base']:.4f} -> {scores['teacher_kl']:.4f} "
+        f"({scores['kl_removed']:.1%} removed), top-1 {scores['teacher_top1']:.3f}")
+    return scores
+
