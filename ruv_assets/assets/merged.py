@@ -80,6 +80,10 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
         # the dataset this source was trained on, not whatever was generated since
         trained_on = item.metadata.get("custom", {}).get("dataset_version") or None
         dataset_obj = store.store().get("synthetic_dataset", source_name, trained_on)
+        entry = current_catalogue().adapter(source_name)
+        if entry.capture is not None:
+            retention_rows.append(_captured_retention(context, source_name, entry, item, merged, dataset_obj))
+            continue
         dataset = load_dataset(dataset_obj.path)
         keys = [k for k in own.keys() if k in dataset.targets]
         problems, q_val = problems_for(dataset, keys), dataset.quality[dataset.val_idx]
@@ -125,3 +129,25 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
     yield AssetCheckResult(check_name="retention_within_bounds", passed=retained,
                            severity=AssetCheckSeverity.ERROR,
                            metadata={"min_retention_observed": float(worst), "bound": composite.min_retention})
+
+
+def _captured_retention(context, source_name, entry, item, merged, dataset_obj) -> dict:
+    """A captured source's task on the merge, judged on the model: KL to its teacher on its held-out
+    text with the merge loaded by PEFT, against its own adapter's (recorded when it was trained) and
+    the base model's. Retention is the share of the source's own KL reduction the merge keeps."""
+    import tempfile
+    from pathlib import Path
+
+    from ruv_assets import captured
+
+    base_model = current_catalogue().base_model
+    with tempfile.TemporaryDirectory() as scratch:
+        save_adapter(merged, Path(scratch), base_model=base_model)
+        scores = captured.judge(source_name, entry.capture, dataset_obj.path, Path(scratch), base_model, context.log.info)
+    own = item.metadata.get("custom", {})
+    base_kl, own_kl, merged_kl = scores["teacher_kl_base"], float(own.get("teacher_kl", scores["teacher_kl_base"])), scores["teacher_kl"]
+    gain = base_kl - own_kl
+    # the val-loss columns carry KL here, so the shared checks (beats zero, retention) read them alike
+    return {"task": source_name, "merged_val_loss": merged_kl, "own_val_loss": own_kl, "zero_val_loss": base_kl,
+            "retention": float((base_kl - merged_kl) / gain) if gain > 0 else 0.0, "teacher_top1": scores["teacher_top1"],
+            "measure": "teacher KL on held-out text"}

@@ -7,7 +7,9 @@ promotion.
 """
 
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from dagster import (
@@ -212,15 +214,15 @@ def _train_captured(context, name, entry, spec, store, dataset: StoredObject):
                                dataset_description=f"captured {name} data, dataset {dataset.data_version[:12]}",
                                tags=entry.tags, custom={"dataset_version": dataset.data_version, "mode": fit["mode"]})
     finite = adapter.is_finite()
-    scratch = store.store().write("trained_adapter", name, lambda d: save_adapter(adapter, d, metadata=metadata.model_dump(mode="json"),
-                                                                                  base_model=base_model), set_latest=False)
-    scores = captured.judge(name, entry.capture, dataset.path, scratch.path, base_model, context.log.info)
+    with tempfile.TemporaryDirectory() as scratch:  # judged as PEFT loads it, before it is stored
+        save_adapter(adapter, Path(scratch), base_model=base_model)
+        scores = captured.judge(name, entry.capture, dataset.path, Path(scratch), base_model, context.log.info)
     beats = bool(scores["teacher_kl"] < scores["teacher_kl_base"])
     removes = bool(scores["kl_removed"] >= entry.capture.min_kl_removed)
-    stored = scratch
-    if finite and beats and removes:  # only a version that passes its checks becomes LATEST
-        stored = store.store().write("trained_adapter", name, lambda d: save_adapter(adapter, d, metadata=metadata.model_dump(mode="json"),
-                                                                                     base_model=base_model))
+    metadata.custom.update({k: scores[k] for k in ("teacher_kl", "teacher_kl_base", "teacher_top1", "kl_removed")})
+    # only a version that passes its checks becomes LATEST
+    stored = store.store().write("trained_adapter", name, lambda d: save_adapter(adapter, d, metadata=metadata.model_dump(mode="json"),
+                                                                                 base_model=base_model), set_latest=finite and beats and removes)
     yield Output(
         stored,
         data_version=DataVersion(stored.data_version),

@@ -1,0 +1,3 @@
+from ruv_assets.cli import main
+import sys
+sys.exit(main())

