@@ -99,7 +99,7 @@ def test_promoted_into_its_slot(project):
 
 @pytest.mark.parametrize("case, message", [
     ("not_json", "corpus.jsonl:2: not JSON"),
-    ("too_short", "window(s) of 128 tokens; at least 2 are needed"),
+    ("too_short", r"window\(s\) of 128 tokens; at least 2 are needed"),
     ("other_geometry", "teacher_adapter .*: does not fit the base model"),
 ])
 def test_bad_input_is_one_line_and_stores_nothing(project, smol_path, tmp_path, case, message):
