@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,reference]'
+	$(PY) -m pip install --quiet -e '.[test,reference,cluster]'
 	touch $(STAMP)
 
 run: $(STAMP)
