@@ -10,7 +10,7 @@ export RUV_HOME ?= $(CURDIR)/.ruv
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-fast ui bench clean
+.PHONY: install run test test-fast ui bench clean cluster cluster-run cluster-down
 
 install: $(STAMP)
 
@@ -36,5 +36,19 @@ ui: $(STAMP)
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# The multi-machine deployment on this machine (deploy/dagster.yaml): PostgreSQL, Redis, daemon,
+# webserver on 127.0.0.1:53000 and $(WORKERS) Celery workers; state under .cluster/.
+WORKERS ?= 2
+export WORKERS
+
+cluster: $(STAMP)
+	bash scripts/cluster.sh up
+
+cluster-run: $(STAMP)
+	bash scripts/cluster.sh run
+
+cluster-down:
+	bash scripts/cluster.sh down
+
 clean:
-	rm -rf .ruv .numba_cache dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
+	rm -rf .ruv .numba_cache .cluster dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

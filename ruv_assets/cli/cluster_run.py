@@ -30,8 +30,8 @@ def run(args) -> int:
     from dagster import DagsterInstance
 
     host, _, port = args.webserver.rpartition(":")
-    started = time.time()
     with DagsterInstance.get() as instance:
+        started = build_started(instance)
         outcome = wait_for_build(instance, webserver=(host or "127.0.0.1", int(port)), timeout=args.timeout,
                                  retry=not args.no_retry, since=started)
     print(outcome.summary())
@@ -59,6 +59,17 @@ class Outcome:
             lines.append("  resubmitted: " + ", ".join(self.resubmitted))
         lines.extend(f"  PROBLEM: {p}" for p in self.problems)
         return "\n".join(lines)
+
+
+def build_started(instance) -> float:
+    """Now, or earlier if the sensors already started runs that are still queued or going: the
+    summary then counts the whole build, not only what follows this command."""
+    from dagster import RunsFilter
+
+    from ruv_assets.build_sensors import IN_FLIGHT
+
+    going = instance.get_run_records(filters=RunsFilter(statuses=IN_FLIGHT))
+    return min([time.time()] + [r.create_timestamp.timestamp() - 1 for r in going])
 
 
 def _utc(timestamp: float):
