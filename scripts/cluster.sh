@@ -47,6 +47,7 @@ load_env() {
     export PYTHONUNBUFFERED=1
     export PATH="$VENV/bin:$PATH"  # dagster-celery starts `celery` from PATH
     PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+    PGDATA_DIR="${RUV_CLUSTER_PG_DIR:-$CLUSTER/pg}"
 }
 
 as_postgres() {  # Postgres refuses to run as root: run its tools as the `postgres` user then
@@ -70,13 +71,21 @@ wait_for() {  # description, seconds, command...
 }
 
 postgres_up() {
-    local data="$CLUSTER/pg"
+    local data="$PGDATA_DIR"
     if [ ! -s "$data/PG_VERSION" ]; then
         mkdir -p "$data"
-        local pwfile="$CLUSTER/pg.pw"
+        local pwfile="$data.pw"
         printf '%s\n' "$DAGSTER_PG_PASSWORD" > "$pwfile"
-        # the postgres user may pass through .cluster (no listing) into its own data directory
-        if [ "$(id -u)" = 0 ]; then chmod 711 "$CLUSTER"; chown postgres "$data" "$pwfile"; fi
+        # the postgres user may pass through the parent (no listing) into its own data directory
+        if [ "$(id -u)" = 0 ]; then
+            chmod 711 "$(dirname "$data")"
+            chown postgres "$data" "$pwfile"
+            if ! runuser -u postgres -- test -r "$pwfile"; then
+                rm -f "$pwfile"
+                echo "cluster: the postgres user cannot reach $data; set RUV_CLUSTER_PG_DIR to a directory it can" >&2
+                return 1
+            fi
+        fi
         as_postgres "$PGBIN/initdb" -D "$data" -U "$DAGSTER_PG_USER" --auth=scram-sha-256 --pwfile="$pwfile" \
             -E UTF8 > "$LOGS/initdb.log"
         rm -f "$pwfile"
@@ -121,6 +130,8 @@ up() {
     cp "$ROOT/deploy/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
     postgres_up
     redis_up
+    # create the schema once, before several processes race to create it on first connection
+    "$VENV/bin/dagster" instance migrate > "$LOGS/migrate.log" 2>&1
     start_group daemon "$VENV/bin/dagster-daemon" run -w "$ROOT/workspace.yaml"
     start_group webserver "$VENV/bin/dagster-webserver" -h 127.0.0.1 -p "$RUV_CLUSTER_WEB_PORT" -w "$ROOT/workspace.yaml"
     for i in $(seq "$WORKERS"); do
@@ -133,7 +144,7 @@ up() {
     done
     wait_for "webserver" 120 curl -sf "http://127.0.0.1:$RUV_CLUSTER_WEB_PORT/server_info"
     for i in $(seq "$WORKERS"); do
-        wait_for "worker-$i" 120 grep -q "ready" "$LOGS/worker-$i.log"
+        wait_for "worker-$i" 120 grep -qE "worker-$i@.* ready\." "$LOGS/worker-$i.log"
     done
     echo "cluster: up. postgres 127.0.0.1:$RUV_CLUSTER_PG_PORT, redis 127.0.0.1:$RUV_CLUSTER_REDIS_PORT," \
          "webserver http://127.0.0.1:$RUV_CLUSTER_WEB_PORT, $WORKERS workers; DAGSTER_HOME=$DAGSTER_HOME RUV_HOME=$RUV_HOME"
@@ -161,8 +172,8 @@ down() {
     for file in "$PIDS"/worker-*.pgid "$PIDS"/daemon.pgid "$PIDS"/webserver.pgid "$PIDS"/redis.pgid; do
         [ -f "$file" ] && stop_group "$file"
     done
-    if [ -s "$CLUSTER/pg/PG_VERSION" ] && as_postgres "$PGBIN/pg_ctl" -D "$CLUSTER/pg" status > /dev/null 2>&1; then
-        as_postgres "$PGBIN/pg_ctl" -D "$CLUSTER/pg" -m fast -w stop > /dev/null
+    if [ -s "$PGDATA_DIR/PG_VERSION" ] && as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status > /dev/null 2>&1; then
+        as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop > /dev/null
     fi
     echo "cluster: down"
 }
@@ -174,7 +185,7 @@ status() {
         if kill -0 -- "-$(cat "$file")" 2>/dev/null; then state=running; else state=gone; fi
         echo "$(basename "$file" .pgid): $state"
     done
-    as_postgres "$PGBIN/pg_ctl" -D "$CLUSTER/pg" status > /dev/null 2>&1 && echo "postgres: running" || echo "postgres: stopped"
+    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status > /dev/null 2>&1 && echo "postgres: running" || echo "postgres: stopped"
 }
 
 case "${1:-}" in

@@ -16,6 +16,7 @@ from collections import Counter
 from ruv_assets.cli import UserError
 
 JOBS = ("train_job", "merge_job", "promote_job")
+LOST = ("FAILURE", "CANCELED")  # run statuses that need a resubmission
 
 
 def register(subparsers) -> None:
@@ -112,8 +113,6 @@ def latest_runs(instance, job: str) -> dict[str, object]:
 
 def outstanding(instance, catalogue, store) -> tuple[list[str], list[object]]:
     """What is not built yet (one line each), and the runs whose failure left it so."""
-    from dagster import DagsterRunStatus
-
     from ruv_assets.build_sensors import ENTRY_TAG, INPUTS_TAG, merge_key, train_key
     from resources.errors import StoreError
     from resources.slot import Slot, slots_root
@@ -124,18 +123,21 @@ def outstanding(instance, catalogue, store) -> tuple[list[str], list[object]]:
         run = trains.get(name)
         if run is None or run.tags.get(ENTRY_TAG) != train_key(name, catalogue):
             pending.append(f"train {name}: not requested yet")
-        elif run.status != DagsterRunStatus.SUCCESS:
+        elif run.status.value != "SUCCESS":
             pending.append(f"train {name}: {run.status.value}")
-            failed.append(run) if run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED) else None
+            if run.status.value in LOST:
+                failed.append(run)
     for name in catalogue.composite_names:
         key, run = merge_key(name, store, catalogue), merges.get(name)
         if key is None:
-            pending.append(f"merge {name}: a source has no good version")
+            lost = [s for s in catalogue.composite(name).sources if trains.get(s) is not None and trains[s].status.value in LOST]
+            pending.append(f"merge {name}: " + (f"BLOCKED by failed source {', '.join(lost)}" if lost else "a source has no good version"))
         elif run is None or run.tags.get(INPUTS_TAG) != key:
             pending.append(f"merge {name}: not requested yet")
-        elif run.status != DagsterRunStatus.SUCCESS:
+        elif run.status.value != "SUCCESS":
             pending.append(f"merge {name}: {run.status.value}")
-            failed.append(run) if run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED) else None
+            if run.status.value in LOST:
+                failed.append(run)
     for name in catalogue.adapter_names + catalogue.composite_names:
         source = "trained_adapter" if name in catalogue.adapter_names else "merged_adapter"
         try:
@@ -148,7 +150,7 @@ def outstanding(instance, catalogue, store) -> tuple[list[str], list[object]]:
             continue
         run = promotions.get(name)
         pending.append(f"promote {name}: {run.status.value if run is not None else 'not requested yet'}")
-        if run is not None and run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        if run is not None and run.status.value in LOST:
             failed.append(run)
     return pending, failed
 
@@ -181,7 +183,8 @@ def wait_for_build(instance, *, webserver: tuple[str, int], timeout: float, retr
                 client.submit_job_execution(run.job_name, run_config=run.run_config, tags=tags)
                 resubmitted.append(f"{key[0]}[{key[1]}] (was {run.status.value})")
                 busy = [run]  # wait for it
-        finished = not busy and not [p for p in pending if not p.endswith(("FAILURE", "CANCELED"))]
+        # done when nothing runs and all that is left waits on a failure (reported, resubmitted once)
+        finished = not busy and all(p.endswith(LOST) or "BLOCKED" in p for p in pending)
         # the sensors tick every few seconds: quiet for two ticks means nothing more is coming
         quiet_since = (quiet_since or time.time()) if finished else None
         if quiet_since is not None and time.time() - quiet_since > 12:
