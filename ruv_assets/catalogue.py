@@ -252,13 +252,20 @@ def _describe(path: Path, raw: dict, exc: ValidationError) -> str:
 
 
 @lru_cache(maxsize=8)
-def _cached(path: str | None) -> Catalogue:
+def _cached(path: str | None, stamp: tuple[int, int] | None = None) -> Catalogue:
     return load_catalogue(path)
 
 
 def current_catalogue() -> Catalogue:
-    """The catalogue named by `RUV_CATALOGUE` (or the shipped one), read once per path."""
-    return _cached(os.environ.get("RUV_CATALOGUE") or None)
+    """The catalogue named by `RUV_CATALOGUE` (or the shipped one), read again when the file
+    changes, so long-lived processes (daemon, workers) see an edited catalogue without a reload."""
+    path = os.environ.get("RUV_CATALOGUE") or None
+    try:
+        info = os.stat(path or DEFAULT_CATALOGUE)
+        stamp = (info.st_mtime_ns, info.st_size)
+    except OSError:
+        stamp = None
+    return _cached(path, stamp)
 
 
 def current_geometry(**explicit: int | None) -> ModelGeometry:

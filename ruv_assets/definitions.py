@@ -15,16 +15,17 @@ from ruv_assets.assets.merged import merged_adapter
 from ruv_assets.assets.preset import preset_adapter
 from ruv_assets.assets.served import served_adapter
 from ruv_assets.assets.trained import trained_adapter
-from ruv_assets.build_all import build_all_job
+from ruv_assets.build_sensors import catalogue_sensor, merge_sensor
 from ruv_assets.jobs import merge_job, promote_job, train_job
 from ruv_assets.resources import GeometryResource
 from ruv_assets.schedules import retrain_schedule
 from ruv_assets.sensors import promotion_sensor
 
 defs = Definitions(
-    assets=[adapter_entry, composite_entry, base_model, capture_teacher, capture_corpus, preset_adapter, synthetic_dataset, trained_adapter, merged_adapter, served_adapter],
-    jobs=[train_job, merge_job, promote_job, build_all_job],
-    sensors=[promotion_sensor],
+    assets=[adapter_entry, composite_entry, base_model, capture_teacher, capture_corpus, preset_adapter, synthetic_dataset,
+            trained_adapter, merged_adapter, served_adapter],
+    jobs=[train_job, merge_job, promote_job],
+    sensors=[catalogue_sensor, merge_sensor, promotion_sensor],
     schedules=[retrain_schedule],
     executor=in_process_executor,
     resources={

@@ -1,6 +1,6 @@
 """Jobs per stage. Assets with different partitionings cannot share one asset job in Dagster, so
-`train_job` (per adapter), `merge_job` (per composite) and `promote_job` (per slot) are separate,
-and `build_all_job` runs every stage for every partition, in order, as runs of those jobs."""
+`train_job` (per adapter), `merge_job` (per composite) and `promote_job` (per slot) are separate;
+the sensors in `build_sensors` and `sensors` request their runs (no job runs another)."""
 
 from dagster import AssetSelection, define_asset_job
 

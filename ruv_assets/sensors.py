@@ -36,6 +36,7 @@ REQUIRED_CHECKS = {
     "merged_adapter": {c.name for c in MERGED_CHECKS if c.blocking},
 }
 BATCH = 1000
+SLOT_TAG = "ruv/slot"
 
 
 def last_promoted(instance, partition: str) -> tuple[int, str]:
@@ -66,7 +67,7 @@ def checks_passed(instance, run_id: str, asset: str, partition: str | None) -> b
 @sensor(
     job=promote_job,
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=5,
     description="Promotes the newest trained/merged adapter whose blocking checks passed into its hot-swap slot.",
 )
 def promotion_sensor(context: SensorEvaluationContext):
@@ -115,7 +116,8 @@ def promotion_sensor(context: SensorEvaluationContext):
             run_key=f"promote-{storage_id}",
             partition_key=partition,
             run_config={"ops": {"served_adapter": {"config": {"data_version": version, "source_storage_id": storage_id}}}},
-            tags={"ruv/source_asset": asset, "ruv/source_storage_id": str(storage_id)},
+            # ruv/slot: the run queue admits one promotion per slot at a time (deploy/dagster.yaml)
+            tags={"ruv/source_asset": asset, "ruv/source_storage_id": str(storage_id), SLOT_TAG: partition},
         )
         for partition, (storage_id, asset, version) in sorted(newest.items())
     ]

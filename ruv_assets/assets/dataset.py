@@ -14,6 +14,7 @@ from ruv_assets.partitions import adapter_partitions
 from ruv_assets.preset_seed import stable_seed
 from ruv_assets.catalogue import current_catalogue, current_geometry
 from ruv_assets.resources import GeometryResource
+from ruv_assets.worker import where_it_ran
 
 
 class DatasetConfig(Config):
@@ -74,6 +75,7 @@ def synthetic_dataset(context: AssetExecutionContext, config: DatasetConfig, sto
             "modules": len(dataset.targets),
             "mean_quality": float(dataset.quality.mean()),
             "bytes": int(sum(p.stat().st_size for p in stored.path.iterdir())),
+            **where_it_ran(),
         },
     )
 

@@ -6,20 +6,20 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AllPartitionMapping,
+    AssetDep,
     AssetExecutionContext,
-    AssetIn,
     DataVersion,
     MetadataValue,
     Output,
-    StaticPartitionMapping,
     asset,
 )
 
 from kernels.merge import merge
 from resources.dagster_resources import StoreResource
 from resources.dataset_format import load_dataset
+from resources.errors import StoreError
 from resources.peft_format import load_adapter, save_adapter
-from resources.store import StoredObject
 from ruv_assets import versions
 from ruv_assets.composite import merge_sources, merged_adapter_from
 from ruv_assets.config import AdapterMetadata
@@ -28,6 +28,7 @@ from ruv_assets.partitions import composite_partitions
 from ruv_assets.plots import markdown_table
 from ruv_assets.catalogue import current_catalogue
 from ruv_assets.resources import GeometryResource
+from ruv_assets.worker import where_it_ran
 
 CHECKS = [
     AssetCheckSpec("weights_finite", asset="merged_adapter", blocking=True, description="every A and B value is finite"),
@@ -38,33 +39,29 @@ CHECKS = [
 ]
 
 
-def _users_of(adapter: str) -> list[str]:
-    return [c.name for c in current_catalogue().composites() if adapter in c.sources]
-
-
-def trained_to_composites() -> StaticPartitionMapping:
-    """Each trained adapter partition feeds every composite that names it."""
-    users = {a: _users_of(a) for a in current_catalogue().adapter_names}
-    return StaticPartitionMapping({a: names for a, names in users.items() if names})
-
-
 @asset(
     partitions_def=composite_partitions,
-    deps=["composite_entry"],
+    # Which adapters a composite names is catalogue data that changes at run time: the dependency is
+    # declared on every trained partition, and the composite reads the ones it names from the store.
+    deps=["composite_entry", AssetDep("trained_adapter", partition_mapping=AllPartitionMapping())],
     code_version=versions.MERGED_ADAPTER,
     io_manager_key="store_io",
     group_name="adapters",
     kinds={"numba", "safetensors"},
-    ins={"trained_adapter": AssetIn(partition_mapping=trained_to_composites())},
     check_specs=CHECKS,
     description="A composite of trained adapters merged on their deltas (method and sources from the catalogue).",
 )
-def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometry: GeometryResource, trained_adapter):
+def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometry: GeometryResource):
     name = context.partition_key
     composite = current_catalogue().composite(name)
-    stored_sources = [trained_adapter] if isinstance(trained_adapter, StoredObject) else list(trained_adapter.values())
-    by_name = {s.partition: s for s in stored_sources}
-    missing = [s for s in composite.sources if s not in by_name]
+    by_name, missing = {}, []
+    for source in composite.sources:
+        try:
+            by_name[source] = store.store().get("trained_adapter", source)  # the newest that passed its checks, verified
+        except StoreError as exc:
+            if "nothing stored" not in str(exc):
+                raise
+            missing.append(source)
     if missing:
         raise ValueError(f"composite {name}: no trained_adapter for {', '.join(missing)}; materialise them first")
     geo = geometry.geometry()
@@ -121,6 +118,7 @@ def merged_adapter(context: AssetExecutionContext, store: StoreResource, geometr
             "retention": MetadataValue.md(markdown_table(retention_rows)),
             "min_retention_observed": float(worst),
             "mean_retention": float(np.mean([r["retention"] for r in retention_rows])),
+            **where_it_ran(),
         },
     )
     yield AssetCheckResult(check_name="weights_finite", passed=bool(finite), severity=AssetCheckSeverity.ERROR)

@@ -16,6 +16,7 @@ from ruv_assets.partitions import adapter_partitions
 from ruv_assets.preset_seed import stable_seed
 from ruv_assets.catalogue import current_catalogue
 from ruv_assets.resources import GeometryResource
+from ruv_assets.worker import where_it_ran
 
 
 @asset(
@@ -54,5 +55,6 @@ def preset_adapter(context: AssetExecutionContext, store: StoreResource, geometr
             "memory_bytes": config.memory_bytes(geo),
             "geometry": MetadataValue.json(geo.model_dump()),
             "config": MetadataValue.json(json.loads(config.model_dump_json())),
+            **where_it_ran(),
         },
     )

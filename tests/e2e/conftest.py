@@ -125,8 +125,13 @@ def dagster_ui(tmp_path_factory) -> DagsterUI:
     if not dagster.exists():
         pytest.fail(f"{dagster} not found: install the project into the venv (make install)")
     port = free_port()
+    # The daemon's catalogue_sensor builds the whole catalogue in the background: a small geometry
+    # keeps that quick. The partitions exist before the server starts, so a run can be launched at once.
     env = dict(os.environ, DAGSTER_HOME=str(dagster_home), RUV_HOME=str(ruv_home), PYTHONUNBUFFERED="1",
-               NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".numba_cache")))
+               NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".numba_cache")),
+               RUV_HIDDEN_SIZE="64", RUV_INTERMEDIATE_SIZE="128", RUV_NUM_LAYERS="1")
+    subprocess.run([str(Path(sys.executable).with_name("ruv")), "run-all", "--sync-only"], env=env, check=True,
+                   capture_output=True, timeout=120)
     ui = DagsterUI(f"http://127.0.0.1:{port}", dagster_home, ruv_home, root / "dagster-dev.log")
     with open(ui.log, "wb") as log:
         proc = subprocess.Popen(

@@ -21,7 +21,7 @@ EXPECTED_CHECKS = {
 }
 EXPECTED_SENSOR = "promotion_sensor"
 EXPECTED_SCHEDULE = "retrain_schedule"
-EXPECTED_JOBS = ["train_job", "merge_job", "promote_job", "build_all_job"]
+EXPECTED_JOBS = ["train_job", "merge_job", "promote_job"]
 
 RUN_ASSET, RUN_PARTITION = "preset_adapter", "coder"
 RUN_TIMEOUT = 300.0

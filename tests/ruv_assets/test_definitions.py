@@ -12,6 +12,7 @@ from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
 from ruv_assets.definitions import defs
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
+RUV = str(Path(sys.executable).with_name("ruv"))
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,9 +24,10 @@ def test_everything_is_defined():
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {("trained_adapter", n) for n in ("weights_finite", "beats_zero_adapter", "near_noise_floor", "removes_teacher_kl")} | {
         ("merged_adapter", n) for n in ("weights_finite", "beats_zero_adapter", "retention_within_bounds")}
-    for job in ("train_job", "merge_job", "promote_job", "build_all_job"):
+    for job in ("train_job", "merge_job", "promote_job"):
         assert defs.resolve_job_def(job).name == job
-    assert defs.resolve_sensor_def("promotion_sensor").default_status == DefaultSensorStatus.RUNNING
+    for sensor in ("catalogue_sensor", "merge_sensor", "promotion_sensor"):
+        assert defs.resolve_sensor_def(sensor).default_status == DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("retrain_schedule").default_status == DefaultScheduleStatus.STOPPED
     for key in ("preset_adapter", "synthetic_dataset", "trained_adapter", "merged_adapter", "served_adapter"):
         assert graph.get(AssetKey(key)).code_version, f"{key} has a code_version"
@@ -52,6 +54,8 @@ def test_cli_materialise_and_sensor_preview(tmp_path):
     home.mkdir()
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
     env = {**os.environ, "DAGSTER_HOME": str(home), "RUV_HOME": str(tmp_path / "ruv")}
+    synced = subprocess.run([RUV, "run-all", "--sync-only"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert synced.returncode == 0 and "+adapters:coder,researcher,security,architect,reviewer" in synced.stdout, synced.stderr[-2000:]
     done = subprocess.run([DAGSTER, "asset", "materialize", "-m", "ruv_assets.definitions", "--select", "preset_adapter",
                            "--partition", "reviewer"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -66,8 +70,8 @@ def test_cli_materialise_and_sensor_preview(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_cli_build_all_job_fills_every_slot(tmp_path):
-    """`dagster job execute -j build_all_job`: every stage for every partition, on a small model."""
+def test_cli_run_all_fills_every_slot(tmp_path):
+    """`ruv run-all` (what `make run` does, no daemon): every stage for every partition, on a small model."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
@@ -78,8 +82,7 @@ def test_cli_build_all_job_fills_every_slot(tmp_path):
         "composites:\n  - {name: pair, method: weighted, sources: [coder, docs], weights: [0.5, 0.5]}\n"
     )
     env = {**os.environ, "DAGSTER_HOME": str(home), "RUV_HOME": str(tmp_path / "ruv"), "RUV_CATALOGUE": str(catalogue)}
-    done = subprocess.run([DAGSTER, "job", "execute", "-m", "ruv_assets.definitions", "-j", "build_all_job"],
-                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    done = subprocess.run([RUV, "run-all"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
     slots = sorted(p.name for p in (tmp_path / "ruv" / "slots").iterdir())

@@ -14,7 +14,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver
 from dagster._core.loader import LoadingContextForTest
 from safetensors.numpy import save_file
 
-import ruv_assets.assets.entries as entries
+import ruv_assets.build_sensors as build_sensors
 import ruv_assets.catalogue as catalogue_module
 from resources.peft_format import load_adapter
 from resources.slot import Slot, slots_root
@@ -231,7 +231,7 @@ def test_changing_one_rank_marks_only_that_chain_stale(built, monkeypatch):
     current = catalogue_module.current_catalogue()
     coder = current.adapter("coder").model_copy(update={"rank": 8})
     changed = catalogue_module.Catalogue([coder if a.name == "coder" else a for a in current.adapters()], current.composites(), current.geometry, current.source)
-    monkeypatch.setattr(entries, "current_catalogue", lambda: changed)
+    monkeypatch.setattr(build_sensors, "current_catalogue", lambda: changed)
     observe_catalogue(instance)
     assert status("preset_adapter", "coder") == "STALE" and status("synthetic_dataset", "coder") == "STALE"
     assert all(status(a, p) == "FRESH" for a, p in others)

@@ -12,11 +12,13 @@ from ruv_assets.resources import GeometryResource
 
 
 def run(root, partition):
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("adapters", ["coder"])  # what catalogue_sensor does
     return materialize(
         [preset_adapter],
         partition_key=partition,
         resources={"store": StoreResource(root=str(root)), "store_io": StoreIOManager(root=str(root)), "geometry": GeometryResource()},
-        instance=DagsterInstance.ephemeral(),
+        instance=instance,
     )
 
 
