@@ -108,5 +108,6 @@ def _captured(context, name, adapter, store) -> Output[StoredObject]:
             "stats_bytes": sizes["stats_bytes"],
             "raw_float16_bytes_same_tokens": sizes["raw_float16_bytes"],
             "bytes": int(sum(p.stat().st_size for p in stored.path.iterdir())),
+            **where_it_ran(),
         },
     )

@@ -235,6 +235,7 @@ def _train_captured(context, name, entry, spec, store, dataset: StoredObject):
             "noise_floor": MetadataValue.null(),
             "dataset_version": dataset.data_version,
             "dtype": "float32",
+            **where_it_ran(),
         },
     )
     yield AssetCheckResult(check_name="weights_finite", passed=bool(finite), severity=AssetCheckSeverity.ERROR)

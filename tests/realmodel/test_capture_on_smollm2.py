@@ -39,7 +39,14 @@ def teacher_adapter(directory: Path) -> Path:
     return directory
 
 
+RUV = str(Path(sys.executable).with_name("ruv"))
+
+
 def materialise(env, cwd, select, partition):
+    """As a user does on a fresh instance: sync the dynamic partitions, then materialise."""
+    synced = subprocess.run([RUV, "run-all", "--sync-only"], env=env, capture_output=True, text=True, cwd=cwd, timeout=600)
+    if synced.returncode:
+        return synced.returncode, synced.stdout + synced.stderr
     done = subprocess.run([DAGSTER, "asset", "materialize", "-m", "ruv_assets.definitions", "--select", select, "--partition", partition],
                           env=env, capture_output=True, text=True, cwd=cwd, timeout=1500)
     return done.returncode, done.stdout + done.stderr
