@@ -190,3 +190,26 @@ def test_other_bad_values():
         solve_reduced_rank(G + np.triu(np.ones_like(G), 1), C, 2, 1.0, ridge=1.0)
     with pytest.raises(ExactSolveError, match="rank must be an integer"):
         solve_reduced_rank(G, C, 2.5, 1.0, ridge=1.0)
+
+
+@pytest.mark.parametrize("d,o,rank", [(240, 240, 4), (240, 240, 20), (210, 260, 5), (260, 210, 1)])
+def test_large_shapes_take_the_lanczos_route_and_agree(d, o, rank):
+    X, R, q = problem(600, d, o, seed=d + o + rank, rank_true=6)
+    G, C, rr, qs, n = stats(X, R, q)
+    sol = solve_reduced_rank(G, C, rank, 1.0, ridge_rel=1e-2, rr=rr, q_sum=qs, n=n)
+    ref = reduced_rank_eigh(G, C, sol.lam, rank)
+    np.testing.assert_allclose(sol.delta(), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    assert objective(G, C, rr, sol.lam, sol.delta()) == pytest.approx(sol.optimum, rel=1e-6)
+
+
+def test_rank_above_the_rank_of_the_data_returns_the_full_fit():
+    """C of rank 1 and a request for rank 3: the optimum is the (rank-1) ridge fit itself."""
+    rng = np.random.default_rng(20)
+    X = rng.standard_normal((80, 5)).astype(np.float32)
+    R = (X @ np.outer(rng.standard_normal(5), rng.standard_normal(9))).astype(np.float32)
+    q = np.ones(80, np.float32)
+    G, C, rr, qs, n = stats(X, R, q)
+    sol = solve_reduced_rank(G, C, 3, 1.0, ridge=0.1, rr=rr, q_sum=qs)  # out 9 > in 5: the K K^T route
+    np.testing.assert_allclose(sol.delta(), ridge_lstsq(X, R, q, 0.1), rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(sol.A)) and np.all(np.isfinite(sol.B))
+    assert sol.singular_values[1] < 1e-6 * sol.singular_values[0]
