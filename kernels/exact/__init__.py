@@ -10,10 +10,12 @@ closed form (reduced-rank ridge regression). One file per job:
     loss         loss_from_stats / loss_from_factors: any delta's loss from the statistics alone
     consolidate  consolidated_stats: exact consolidation against an old task's Gram
     dropout      dropout_ridge: input dropout's expected-value equivalent, a diagonal ridge
+    certificate  certificate: any adapter's loss against the rank-r optimum, module by module
     errors       ExactSolveError: one line naming the module and the reason
 """
 
 from kernels.exact.accumulate import accumulate_cross, accumulate_gram, stream_stats
+from kernels.exact.certificate import Certificate, ModuleCertificate, certificate
 from kernels.exact.consolidate import ConsolidatedStats, consolidated_stats, consolidation_offset
 from kernels.exact.dropout import dropout_ridge
 from kernels.exact.errors import ExactSolveError
@@ -25,5 +27,5 @@ __all__ = [
     "ModuleStats", "LayerStats", "accumulate_gram", "accumulate_cross", "stream_stats",
     "solve_reduced_rank", "ridge_factor", "RidgeFactor", "ExactSolution",
     "loss_from_stats", "loss_from_factors", "consolidated_stats", "consolidation_offset",
-    "ConsolidatedStats", "dropout_ridge", "ExactSolveError",
+    "ConsolidatedStats", "dropout_ridge", "ExactSolveError", "certificate", "Certificate", "ModuleCertificate",
 ]

@@ -97,7 +97,8 @@ def ridge_diagonal(G: np.ndarray, ridge=None, ridge_rel=None, *, name: str = "mo
 def ridge_factor(G: np.ndarray, ridge=None, ridge_rel=None, *, name: str = "module") -> RidgeFactor:
     """Factor H = G + Lambda once (share it across the modules of a layer that share G).
 
-    With a positive ridge: Cholesky (fails only if G itself is not positive semi-definite). With
+    With a positive ridge: Cholesky (fails if G is not positive semi-definite, or if the ridge is
+    too small to lift the condition number of G + Lambda below 1 / eps). With
     no ridge: an eigen-decomposition, and a Gram whose smallest eigenvalue is below
     in * eps * largest is singular: ExactSolveError (give ridge or ridge_rel).
     """
@@ -112,7 +113,7 @@ def ridge_factor(G: np.ndarray, ridge=None, ridge_rel=None, *, name: str = "modu
         except np.linalg.LinAlgError:
             raise ExactSolveError(name, "Gram + ridge is not positive definite (is G a Gram matrix?); increase ridge") from None
         piv = np.diag(L)
-        if piv.min() <= 0 or (piv.min() / piv.max()) ** 2 < d * _EPS:
+        if piv.min() <= 0 or (piv.min() / piv.max()) ** 2 < _EPS:  # condition beyond 1 / eps
             raise ExactSolveError(name, "Gram + ridge is numerically singular; increase ridge or ridge_rel")
         return RidgeFactor(lam=lam, kind="cholesky", mat=L)
     e, U = eigh(G, check_finite=False)
