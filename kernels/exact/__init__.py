@@ -10,6 +10,7 @@ closed form (reduced-rank ridge regression). One file per job:
     loss         loss_from_stats / loss_from_factors: any delta's loss from the statistics alone
     consolidate  consolidated_stats: exact consolidation against an old task's Gram
     dropout      dropout_ridge: input dropout's expected-value equivalent, a diagonal ridge
+    dataset      dataset_stats: every module of a dataset, one pass per input, splits as weights
     certificate  certificate: any adapter's loss against the rank-r optimum, module by module
     errors       ExactSolveError: one line naming the module and the reason
 """
@@ -17,6 +18,7 @@ closed form (reduced-rank ridge regression). One file per job:
 from kernels.exact.accumulate import accumulate_cross, accumulate_gram, stream_stats
 from kernels.exact.certificate import Certificate, ModuleCertificate, certificate
 from kernels.exact.consolidate import ConsolidatedStats, consolidated_stats, consolidation_offset
+from kernels.exact.dataset import dataset_stats, split_weights
 from kernels.exact.dropout import dropout_ridge
 from kernels.exact.errors import ExactSolveError
 from kernels.exact.loss import loss_from_factors, loss_from_stats
@@ -28,4 +30,5 @@ __all__ = [
     "solve_reduced_rank", "ridge_factor", "RidgeFactor", "ExactSolution",
     "loss_from_stats", "loss_from_factors", "consolidated_stats", "consolidation_offset",
     "ConsolidatedStats", "dropout_ridge", "ExactSolveError", "certificate", "Certificate", "ModuleCertificate",
+    "dataset_stats", "split_weights",
 ]

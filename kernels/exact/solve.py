@@ -195,6 +195,15 @@ class ExactSolution:
     rr: float | None = None
     q_sum: float | None = None
     optimum: float | None = None
+    effective_rank: int | None = None   # directions kept (< rank when select_rank dropped some)
+    val_losses: np.ndarray | None = None  # [rank] validation loss of the nested rank-k optima, k = 1..rank
+
+    @property
+    def val_loss(self) -> float | None:
+        """Validation loss of the returned delta (when validation statistics were given)."""
+        if self.val_losses is None:
+            return None
+        return float(self.val_losses[(self.effective_rank or self.rank) - 1])
 
     @property
     def d_out(self) -> int:
@@ -232,14 +241,43 @@ def _check_counts(name, rank, n, q_sum, rr):
         raise ExactSolveError(name, "NaN or infinity in the statistics (rr)")
 
 
+def nested_losses(G, C, rr, q_sum, V, P) -> np.ndarray:
+    """Losses [r] (per output element) on statistics (G, C, rr, q_sum) of D_k = V_k P_k^T, k = 1..r.
+
+    With V orthonormal, tr(D_k G D_k^T) = sum_{j<=k} p_j^T G p_j and tr(D_k C) = sum_{j<=k}
+    p_j^T (C V)_j: every truncation of the solution at once, for O(in^2 r + in out r).
+    """
+    g = np.sum((G @ P) * P, axis=0)
+    c = np.sum((C @ V) * P, axis=0)
+    return (rr + np.cumsum(g - 2.0 * c)) / (q_sum * C.shape[1])
+
+
+def _check_val(name, val, d, o):
+    for attr in ("G", "C", "rr", "q_sum"):
+        if not hasattr(val, attr):
+            raise ExactSolveError(name, f"validation statistics need G, C, rr and q_sum (missing {attr})")
+    if val.G.shape != (d, d) or val.C.shape != (d, o):
+        raise ExactSolveError(name, f"validation statistics shapes G {val.G.shape}, C {val.C.shape} do not match ({d}, {o})")
+    if not (np.isfinite(val.rr) and np.isfinite(val.q_sum) and np.all(np.isfinite(val.C)) and np.all(np.isfinite(val.G))):
+        raise ExactSolveError(name, "NaN or infinity in the validation statistics")
+    if val.q_sum <= 0:
+        raise ExactSolveError(name, "no validation examples with weight > 0 (q_sum = 0)")
+
+
 def solve_reduced_rank(G: np.ndarray, C: np.ndarray, rank: int, scale: float, *, ridge=None, ridge_rel=None,
                        rr: float | None = None, q_sum: float | None = None, name: str = "module",
-                       n: int | None = None, factor: RidgeFactor | None = None) -> ExactSolution:
+                       n: int | None = None, factor: RidgeFactor | None = None, val=None,
+                       select_rank: bool = False) -> ExactSolution:
     """Reduced-rank ridge regression on statistics G [in, in], C [in, out] -> PEFT factors.
 
     ridge: scalar or [in] vector added to diag(G); ridge_rel: times mean(diag G); both may be
     given (they add). factor: a `ridge_factor` of G computed once for modules sharing G (then
     ridge / ridge_rel must be None). n: examples used (checked against the rank when given).
+    val: validation statistics (anything with G, C, rr, q_sum, e.g. a ModuleStats): the
+    validation loss of every nested truncation k = 1..rank is reported (`val_losses`); with
+    select_rank the k of lowest validation loss is kept and the factors are padded with zero
+    rows / columns to `rank` (a PEFT adapter of the configured rank, same delta). This is the
+    exact solver's model selection, as early stopping on validation is the SGD path's.
     Raises ExactSolveError (one line naming `name`) on bad input; nothing is modified.
     """
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
@@ -271,16 +309,27 @@ def solve_reduced_rank(G: np.ndarray, C: np.ndarray, rank: int, scale: float, *,
         _check_gram(G, name)
         if factor.mat.shape != (d, d):
             raise ExactSolveError(name, f"factor is for {factor.mat.shape[0]} inputs, statistics have {d}")
+    if select_rank and val is None:
+        raise ExactSolveError(name, "select_rank needs validation statistics (val)")
+    if val is not None:
+        _check_val(name, val, d, o)
     K = factor.whiten(C)
     V, sig = top_right_singular(K, rank)
     P = factor.unwhiten(K @ V)                      # M V_r [in, r]
-    Up, S, WpT = np.linalg.svd(P, full_matrices=False)
-    root = np.sqrt(S / scale)
-    B = ((V @ WpT.T) * root).astype(np.float32)
-    A = (root[:, None] * Up.T).astype(np.float32)
+    val_losses = None if val is None else nested_losses(val.G, val.C, float(val.rr), float(val.q_sum), V, P)
+    keep = int(np.argmin(val_losses)) + 1 if select_rank else rank
+    Up, Sk, WpT = np.linalg.svd(P[:, :keep], full_matrices=False)
+    root = np.sqrt(Sk / scale)
+    S = np.zeros(rank)
+    S[:keep] = Sk
+    B = np.zeros((o, rank), np.float32)
+    A = np.zeros((rank, d), np.float32)
+    B[:, :keep] = (V[:, :keep] @ WpT.T) * root
+    A[:keep] = root[:, None] * Up.T
     cross, quad, pen = factor_terms(G, C, A, B, scale, factor.lam)
     optimum = None if rr is None else float(rr) - float(np.sum(sig ** 2))
     return ExactSolution(name=name, A=A, B=B, scale=scale, rank=rank, singular_values=S,
                          whitened_singular_values=sig, lam=factor.lam, cross=cross, quad=quad,
                          ridge_penalty=pen, rr=None if rr is None else float(rr),
-                         q_sum=None if q_sum is None else float(q_sum), optimum=optimum)
+                         q_sum=None if q_sum is None else float(q_sum), optimum=optimum,
+                         effective_rank=keep, val_losses=val_losses)

@@ -108,7 +108,7 @@ class ModuleStats:
         return out
 
     def solve(self, rank: int, scale: float, **kwargs):
-        """The exact rank-r optimum on these statistics (`solve_reduced_rank`)."""
+        """The exact rank-r optimum on these statistics (`solve_reduced_rank`; val= may be a ModuleStats)."""
         from kernels.exact.solve import solve_reduced_rank
 
         kwargs.setdefault("name", self.name)

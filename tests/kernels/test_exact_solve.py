@@ -213,3 +213,31 @@ def test_rank_above_the_rank_of_the_data_returns_the_full_fit():
     np.testing.assert_allclose(sol.delta(), ridge_lstsq(X, R, q, 0.1), rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(sol.A)) and np.all(np.isfinite(sol.B))
     assert sol.singular_values[1] < 1e-6 * sol.singular_values[0]
+
+
+def test_validation_losses_of_every_truncation_and_rank_selection():
+    rng = np.random.default_rng(30)
+    W = rng.standard_normal((9, 2)) @ rng.standard_normal((2, 12)) / np.sqrt(12)  # a rank-2 truth
+
+    def split(n):
+        X = rng.standard_normal((n, 12)).astype(np.float32)
+        return X, (X @ W.T + 1.0 * rng.standard_normal((n, 9))).astype(np.float32)
+
+    (Xt, Rt), (Xv, Rv) = split(150), split(2000)
+    tr = ModuleStats(12, 9).update(Xt, Rt, np.ones(150, np.float32))
+    va = ModuleStats(12, 9).update(Xv, Rv, np.ones(2000, np.float32))
+    sol = tr.solve(6, 2.0, ridge_rel=1e-3, val=va)
+    assert sol.effective_rank == 6 and sol.val_losses.shape == (6,)
+    for k in range(1, 7):
+        ref = va.loss(tr.solve(k, 2.0, ridge_rel=1e-3).delta())
+        assert sol.val_losses[k - 1] == pytest.approx(ref, rel=1e-6)
+    best = tr.solve(6, 2.0, ridge_rel=1e-3, val=va, select_rank=True)
+    k = best.effective_rank
+    assert k == int(np.argmin(sol.val_losses)) + 1 and k < 6  # noise-only directions are dropped
+    assert best.A.shape == (6, 12) and best.B.shape == (9, 6)
+    assert not best.A[k:].any() and not best.B[:, k:].any()
+    np.testing.assert_allclose(best.delta(), tr.solve(k, 2.0, ridge_rel=1e-3).delta(), rtol=1e-5, atol=1e-7)
+    assert best.val_loss == pytest.approx(va.loss(best.delta()), rel=1e-6)
+    assert best.val_loss <= sol.val_loss
+    with pytest.raises(ExactSolveError, match="select_rank needs validation statistics"):
+        tr.solve(3, 1.0, ridge=1.0, select_rank=True)

@@ -1,0 +1,53 @@
+"""Dataset statistics: splits as weights over all rows equal statistics of the gathered split."""
+
+import numpy as np
+import pytest
+
+from kernels.exact import ExactSolveError, dataset_stats, split_weights
+from tests.kernels.exact_reference import stats
+
+
+def _dataset(n=90, hidden=8, inter=12, seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = {"layers.0.hidden": rng.standard_normal((n, hidden)).astype(np.float16),
+              "layers.0.mlp_act": rng.standard_normal((n, inter)).astype(np.float32)}
+    targets = {"layers.0.q_proj": rng.standard_normal((n, hidden)).astype(np.float16),
+               "layers.0.v_proj": rng.standard_normal((n, hidden)).astype(np.float16),
+               "layers.0.up_proj": rng.standard_normal((n, inter)).astype(np.float32),
+               "layers.0.down_proj": rng.standard_normal((n, hidden)).astype(np.float32)}
+    quality = rng.uniform(0, 1, n).astype(np.float32)
+    return inputs, targets, quality
+
+
+def test_split_weights_filter_and_place():
+    q = np.array([0.9, 0.2, 0.5, 0.7, 0.1], np.float32)
+    np.testing.assert_array_equal(split_weights(5, [0, 1, 3], q, threshold=0.5), q * [1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(split_weights(5, [1, 2], q), q * [0, 1, 1, 0, 0])
+    with pytest.raises(ExactSolveError, match="split rows must lie"):
+        split_weights(5, [5], q)
+
+
+def test_dataset_stats_equal_the_gathered_split():
+    inputs, targets, quality = _dataset()
+    train = np.arange(0, 90, 3)
+    w = split_weights(90, train, quality, threshold=0.3)
+    got = dataset_stats(inputs, targets, w)
+    assert got["layers.0.q_proj"].G is got["layers.0.v_proj"].G is got["layers.0.up_proj"].G
+    assert got["layers.0.down_proj"].G is not got["layers.0.q_proj"].G
+    keep = train[quality[train] >= 0.3]
+    for key, st in got.items():
+        ik = "layers.0.mlp_act" if key.endswith("down_proj") else "layers.0.hidden"
+        G, C, rr, qs, n = stats(inputs[ik][keep], targets[key][keep], quality[keep])
+        np.testing.assert_allclose(st.G, G, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(st.C, C, rtol=1e-12, atol=1e-12)
+        assert st.rr == pytest.approx(rr, rel=1e-12) and st.n == n == keep.size
+        assert st.q_sum == pytest.approx(qs, rel=1e-6)
+
+
+def test_missing_input_or_unknown_module():
+    inputs, targets, quality = _dataset()
+    del inputs["layers.0.mlp_act"]
+    with pytest.raises(ExactSolveError, match=r"^layers\.0\.down_proj: needs input layers\.0\.mlp_act"):
+        dataset_stats(inputs, targets, quality)
+    with pytest.raises(ExactSolveError, match="unknown module 'w_proj'"):
+        dataset_stats(inputs, {"layers.0.w_proj": targets["layers.0.q_proj"]}, quality)
