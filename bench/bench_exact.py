@@ -11,6 +11,12 @@
    the call allocates (tracemalloc) against the size of X.
 2. Solve time per module, rank 16, ridge_rel 1e-3, at 768x768, 768x3072 (gate/up) and
    3072x768 (down), and the q/k/v layer with one shared factorisation.
+3. The five presets at the default geometry (hidden 768, intermediate 3072, 2 layers, 1000
+   synthetic examples, seed 0): the exact path (statistics of the train and validation splits
+   from the raw dataset, `solve_adapter` with rank selection on validation) against the default
+   SGD training (`kernels.train.train`, default TrainSettings, not counting its row gathering):
+   wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap.
+   BENCH_ONLY=gram,solve,presets selects parts.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ import tracemalloc  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kernels.exact import ModuleStats, accumulate_gram, ridge_factor, solve_reduced_rank  # noqa: E402
+from kernels.exact import (ModuleStats, accumulate_gram, certificate, dataset_stats, ridge_factor,  # noqa: E402
+                           solve_adapter, solve_reduced_rank, split_weights)
+
+ONLY = set(os.environ.get("BENCH_ONLY", "gram,solve,presets").split(","))
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROWS = 2000 if QUICK else 20000
@@ -124,12 +133,73 @@ def bench_solve() -> None:
           f"three separate {np.median(t['separate']):.4f} s")
 
 
+PRESETS = {  # rank, alpha, targets, as ruv_assets.presets declares them
+    "coder": (16, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    "researcher": (8, 16.0, ["q_proj", "k_proj", "v_proj"]),
+    "security": (16, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    "architect": (12, 24.0, ["q_proj", "v_proj", "gate_proj", "up_proj"]),
+    "reviewer": (8, 16.0, ["q_proj", "v_proj"]),
+}
+
+
+def bench_presets() -> None:
+    import math
+
+    from kernels.modules import lora_scale
+    from kernels.synthetic import generate_task
+    from kernels.train import TrainSettings, build_problems, train
+
+    threshold = TrainSettings().quality_threshold
+    warm = generate_task("reviewer", ["q_proj"], 4, 64, 128, 1, 100, 0)  # JIT-compile SGD's kernels untimed
+    wp = build_problems(warm.inputs, warm.targets, warm.train_idx, warm.val_idx)
+    train(wp, {p.key: np.full((4, 64), 0.1, np.float32) for p in wp}, {p.key: np.zeros((64, 4), np.float32) for p in wp},
+          1.0, warm.quality[warm.train_idx], warm.quality[warm.val_idx], TrainSettings(epochs=1))
+    print("\nPresets (768/3072, 2 layers, 1000 examples, seed 0): exact (select_rank) vs default SGD")
+    print(f"  {'preset':10s} {'exact s':>8s} {'SGD s':>7s} {'ratio':>6s} {'exact val/floor':>16s} {'SGD val/floor':>14s}"
+          f" {'kept ranks':>10s} {'SGD gap':>8s}")
+    for name, (rank, alpha, targets) in PRESETS.items():
+        task = generate_task(name, targets, rank, 768, 3072, 2, 1000, 0)
+        scale = lora_scale(alpha, rank)
+        n = task.n_examples
+
+        def exact():
+            tr = dataset_stats(task.inputs, task.targets, split_weights(n, task.train_idx, task.quality, threshold))
+            va = dataset_stats(task.inputs, task.targets, split_weights(n, task.val_idx, task.quality))
+            return tr, va, solve_adapter(tr, rank, scale, val=va, select_rank=True)
+
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            tr, va, sols = exact()
+            ts.append(time.perf_counter() - t0)
+        problems = build_problems(task.inputs, task.targets, task.train_idx, task.val_idx)
+        rng = np.random.default_rng(100)
+        A = {p.key: (rng.uniform(-1, 1, (rank, p.X_train.shape[1])) / math.sqrt(p.X_train.shape[1])).astype(np.float32)
+             for p in problems}
+        B = {p.key: np.zeros((p.R_train.shape[1], rank), np.float32) for p in problems}
+        t0 = time.perf_counter()
+        res = train(problems, A, B, scale, task.quality[task.train_idx], task.quality[task.val_idx], TrainSettings())
+        t_sgd = time.perf_counter() - t0
+        cert = certificate({k: (res.A[k], res.B[k], scale) for k in tr}, tr)
+        val = float(np.mean([s.val_loss for s in sols.values()]))
+        kept = sorted({s.effective_rank for s in sols.values()})
+        t_ex = float(np.median(ts))
+        print(f"  {name:10s} {t_ex:8.3f} {t_sgd:7.2f} {t_sgd / t_ex:5.1f}x {val / task.noise_floor:16.4f}"
+              f" {res.val_loss / task.noise_floor:14.4f} {str(kept):>10s} {cert.optimality_gap:8.4f}")
+
+
 def main() -> None:
     print(f"threads: NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']} OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
-          f" (numba {numba.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs)")
-    for d in (768, 3072):
-        bench_gram(ROWS, d)
-    bench_solve()
+          f" (numba {numba.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, load average"
+          f" {os.getloadavg()[0]:.1f})")
+    if "gram" in ONLY:
+        for d in (768, 3072):
+            bench_gram(ROWS, d)
+    if "solve" in ONLY:
+        bench_solve()
+    if "presets" in ONLY:
+        bench_presets()
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ closed form (reduced-rank ridge regression). One file per job:
     loss         loss_from_stats / loss_from_factors: any delta's loss from the statistics alone
     consolidate  consolidated_stats: exact consolidation against an old task's Gram
     dropout      dropout_ridge: input dropout's expected-value equivalent, a diagonal ridge
+    adapter      solve_adapter: every module, one factorisation per shared Gram, dropout, selection
     dataset      dataset_stats: every module of a dataset, one pass per input, splits as weights
     certificate  certificate: any adapter's loss against the rank-r optimum, module by module
     errors       ExactSolveError: one line naming the module and the reason
 """
 
 from kernels.exact.accumulate import accumulate_cross, accumulate_gram, stream_stats
+from kernels.exact.adapter import DEFAULT_RIDGE_REL, solve_adapter
 from kernels.exact.certificate import Certificate, ModuleCertificate, certificate
 from kernels.exact.consolidate import ConsolidatedStats, consolidated_stats, consolidation_offset
 from kernels.exact.dataset import dataset_stats, split_weights
@@ -30,5 +32,5 @@ __all__ = [
     "solve_reduced_rank", "ridge_factor", "RidgeFactor", "ExactSolution",
     "loss_from_stats", "loss_from_factors", "consolidated_stats", "consolidation_offset",
     "ConsolidatedStats", "dropout_ridge", "ExactSolveError", "certificate", "Certificate", "ModuleCertificate",
-    "dataset_stats", "split_weights",
+    "dataset_stats", "split_weights", "solve_adapter", "DEFAULT_RIDGE_REL",
 ]

@@ -51,3 +51,21 @@ def test_missing_input_or_unknown_module():
         dataset_stats(inputs, targets, quality)
     with pytest.raises(ExactSolveError, match="unknown module 'w_proj'"):
         dataset_stats(inputs, {"layers.0.w_proj": targets["layers.0.q_proj"]}, quality)
+
+
+def test_solve_adapter_shares_factors_and_matches_single_solves():
+    from kernels.exact import dropout_ridge, solve_adapter, solve_reduced_rank
+
+    inputs, targets, quality = _dataset(n=120)
+    tr = dataset_stats(inputs, targets, split_weights(120, np.arange(90), quality, threshold=0.2))
+    va = dataset_stats(inputs, targets, split_weights(120, np.arange(90, 120), quality))
+    sols = solve_adapter(tr, 3, 2.0, val=va, ridge_rel=1e-3, dropout=0.1, select_rank=True)
+    assert set(sols) == set(targets)
+    for key, sol in sols.items():
+        st = tr[key]
+        ref = solve_reduced_rank(st.G, st.C, 3, 2.0, ridge=dropout_ridge(st.G, 0.1), ridge_rel=1e-3, val=va[key],
+                                 select_rank=True)
+        np.testing.assert_array_equal(sol.A, ref.A)
+        assert sol.val_loss == pytest.approx(va[key].loss(sol.delta()), rel=1e-6)
+    with pytest.raises(ExactSolveError, match="validation statistics name other modules"):
+        solve_adapter(tr, 3, 2.0, val={k: va[k] for k in list(va)[:2]})
