@@ -7,6 +7,7 @@ closed form (reduced-rank ridge regression). One file per job:
     accumulate   G += X^T Q X, C += X^T Q R in one pass over X (chunks + BLAS syrk/gemm, float64)
     stats        ModuleStats (G, C, rr, q_sum, n) and LayerStats (one Gram per shared input)
     solve        solve_reduced_rank -> ExactSolution (balanced PEFT factors A [r, in], B [out, r])
+    packing      pack_stats / unpack_stats: flat named arrays, each shared Gram stored once
     loss         loss_from_stats / loss_from_factors: any delta's loss from the statistics alone
     consolidate  consolidated_stats: exact consolidation against an old task's Gram
     dropout      dropout_ridge: input dropout's expected-value equivalent, a diagonal ridge
@@ -23,6 +24,7 @@ from kernels.exact.consolidate import ConsolidatedStats, consolidated_stats, con
 from kernels.exact.dataset import dataset_stats, split_weights
 from kernels.exact.dropout import dropout_ridge
 from kernels.exact.errors import ExactSolveError
+from kernels.exact.packing import pack_stats, unpack_stats
 from kernels.exact.loss import loss_from_factors, loss_from_stats
 from kernels.exact.solve import ExactSolution, RidgeFactor, ridge_factor, solve_reduced_rank
 from kernels.exact.stats import LayerStats, ModuleStats
@@ -33,4 +35,5 @@ __all__ = [
     "loss_from_stats", "loss_from_factors", "consolidated_stats", "consolidation_offset",
     "ConsolidatedStats", "dropout_ridge", "ExactSolveError", "certificate", "Certificate", "ModuleCertificate",
     "dataset_stats", "split_weights", "solve_adapter", "DEFAULT_RIDGE_REL",
+    "pack_stats", "unpack_stats",
 ]

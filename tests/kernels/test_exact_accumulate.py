@@ -135,3 +135,22 @@ def test_layer_stats_share_one_gram():
     with pytest.raises(ExactSolveError, match="exactly"):
         layer.update(X, {"q_proj": Rq}, q)
     assert layer.nbytes == 8 * (81 + 9 * 6)
+
+
+def test_nan_in_an_excluded_row_does_not_poison_the_statistics():
+    X, R, q = problem(30, 5, 3, seed=11)
+    X[4, 2] = np.nan
+    R[7, 1] = np.inf
+    q[4] = q[7] = 0.0
+    s = ModuleStats(5, 3).update(X, R, q)
+    assert np.all(np.isfinite(s.G)) and np.all(np.isfinite(s.C)) and np.isfinite(s.rr)
+    assert s.n == 28
+
+
+@pytest.mark.parametrize("where", ["X", "R"])
+def test_nan_in_a_used_row_is_reported_at_the_solve(where):
+    X, R, q = problem(30, 5, 3, seed=12)
+    (X if where == "X" else R)[4, 1] = np.nan
+    s = ModuleStats(5, 3, name="layers.1.k_proj").update(X.astype(np.float16), R.astype(np.float16), q)
+    with pytest.raises(ExactSolveError, match=r"^layers\.1\.k_proj: NaN or infinity in the statistics"):
+        s.solve(2, 1.0, ridge_rel=1e-3)

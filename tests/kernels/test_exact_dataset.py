@@ -69,3 +69,37 @@ def test_solve_adapter_shares_factors_and_matches_single_solves():
         assert sol.val_loss == pytest.approx(va[key].loss(sol.delta()), rel=1e-6)
     with pytest.raises(ExactSolveError, match="validation statistics name other modules"):
         solve_adapter(tr, 3, 2.0, val={k: va[k] for k in list(va)[:2]})
+
+
+def test_pack_and_unpack_store_each_shared_gram_once():
+    from kernels.exact import pack_stats, unpack_stats
+
+    inputs, targets, quality = _dataset()
+    st = dataset_stats(inputs, targets, quality)
+    arrays, meta = pack_stats(st)
+    assert sorted(k for k in arrays if k.endswith(".G")) == ["layers.0.hidden.G", "layers.0.mlp_act.G"]
+    assert meta["layers.0.q_proj"] == meta["layers.0.up_proj"] == "layers.0.hidden"
+    back = unpack_stats(arrays, meta)
+    assert back["layers.0.q_proj"].G is back["layers.0.v_proj"].G
+    for key, s in st.items():
+        b = back[key]
+        np.testing.assert_array_equal(b.G, s.G)
+        np.testing.assert_array_equal(b.C, s.C)
+        assert (b.rr, b.q_sum, b.n) == (s.rr, s.q_sum, s.n)
+        assert b.solve(2, 1.0, ridge_rel=1e-3).A.tobytes() == s.solve(2, 1.0, ridge_rel=1e-3).A.tobytes()
+    del arrays["layers.0.mlp_act.G"]
+    with pytest.raises(ExactSolveError, match=r"^layers\.0\.down_proj: stored statistics lack layers\.0\.mlp_act\.G$"):
+        unpack_stats(arrays, meta)
+
+
+def test_an_unpacked_module_with_its_own_gram_keeps_accumulating():
+    from kernels.exact import ModuleStats, pack_stats, unpack_stats
+
+    inputs, targets, quality = _dataset()
+    X, R = inputs["layers.0.mlp_act"], targets["layers.0.up_proj"][:, :8].copy()
+    one = ModuleStats(12, 8, name="m").update(X[:40], R[:40], quality[:40])
+    back = unpack_stats(*pack_stats({"m": one}))["m"]
+    back.update(X[40:], R[40:], quality[40:])
+    whole = ModuleStats(12, 8).update(X, R, quality)
+    np.testing.assert_allclose(back.G, whole.G, rtol=1e-12)
+    assert back.n == whole.n
