@@ -125,7 +125,10 @@ def ridge_factor(G: np.ndarray, ridge=None, ridge_rel=None, *, name: str = "modu
 
 def _gram_of_columns(K: np.ndarray, rows: bool) -> np.ndarray:
     """K^T K (rows=False) or K K^T (rows=True) by BLAS syrk (half the work of a product), full."""
-    Sf = blas.dsyrk(1.0, K.T, trans=1 if rows else 0, lower=0)  # upper (Fortran) = lower of Sf.T
+    # BLAS reads a Fortran-ordered operand in place: K itself if it is (triangular solves return
+    # it so), else K.T; a K^T a gives K^T K for a = K and K K^T for a = K.T.
+    a, t = (K, 1) if K.flags.f_contiguous else (K.T, 0)
+    Sf = blas.dsyrk(1.0, a, trans=t if not rows else 1 - t, lower=0)  # upper (Fortran) = lower of Sf.T
     S = Sf.T
     mirror_lower(S)
     return S
