@@ -241,3 +241,10 @@ def test_validation_losses_of_every_truncation_and_rank_selection():
     assert best.val_loss <= sol.val_loss
     with pytest.raises(ExactSolveError, match="select_rank needs validation statistics"):
         tr.solve(3, 1.0, ridge=1.0, select_rank=True)
+
+
+def test_error_type():
+    err = ExactSolveError("layers.0.q_proj", "rank 3 must be between 1 and min(in, out) = 2")
+    assert isinstance(err, ValueError) and str(err) == "layers.0.q_proj: rank 3 must be between 1 and min(in, out) = 2"
+    assert (err.module, err.reason) == ("layers.0.q_proj", "rank 3 must be between 1 and min(in, out) = 2")
+    assert str(ExactSolveError("whole message")) == "whole message"
