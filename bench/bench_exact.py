@@ -12,8 +12,8 @@
 2. Solve time per module, rank 16, ridge_rel 1e-3, at 768x768, 768x3072 (gate/up) and
    3072x768 (down), and the q/k/v layer with one shared factorisation.
 3. The five presets at the default geometry (hidden 768, intermediate 3072, 2 layers, 1000
-   synthetic examples, seed 0): the exact path (statistics of the train and validation splits
-   from the raw dataset, `solve_adapter` with rank selection on validation) against the default
+   synthetic examples, seed 0): the exact path (statistics of the training split from the raw
+   dataset, `solve_adapter` with rank selection on the raw validation rows) against the default
    SGD training (`kernels.train.train`, default TrainSettings, not counting its row gathering):
    wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap.
    BENCH_ONLY=gram,solve,presets selects parts.
@@ -35,8 +35,8 @@ import tracemalloc  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kernels.exact import (ModuleStats, accumulate_gram, certificate, dataset_stats, ridge_factor,  # noqa: E402
-                           solve_adapter, solve_reduced_rank, split_weights)
+from kernels.exact import (ModuleStats, accumulate_gram, certificate, dataset_rows, dataset_stats,  # noqa: E402
+                           ridge_factor, solve_adapter, solve_reduced_rank, split_weights)
 
 ONLY = set(os.environ.get("BENCH_ONLY", "gram,solve,presets").split(","))
 
@@ -165,7 +165,7 @@ def bench_presets() -> None:
 
         def exact():
             tr = dataset_stats(task.inputs, task.targets, split_weights(n, task.train_idx, task.quality, threshold))
-            va = dataset_stats(task.inputs, task.targets, split_weights(n, task.val_idx, task.quality))
+            va = dataset_rows(task.inputs, task.targets, split_weights(n, task.val_idx, task.quality))
             return tr, va, solve_adapter(tr, rank, scale, val=va, select_rank=True)
 
         ts = []

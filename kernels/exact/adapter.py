@@ -16,14 +16,15 @@ from kernels.exact.stats import ModuleStats
 DEFAULT_RIDGE_REL = 1e-4
 
 
-def solve_adapter(train: dict[str, ModuleStats], rank: int, scale, *, val: dict[str, ModuleStats] | None = None,
+def solve_adapter(train: dict[str, ModuleStats], rank: int, scale, *, val: dict | None = None,
                   ridge_rel: float = DEFAULT_RIDGE_REL, dropout: float = 0.0,
                   select_rank: bool = False) -> dict[str, ExactSolution]:
     """{key: ExactSolution} for every module of `train` at `rank` (scale: a float or {key: float}).
 
     ridge_rel: isotropic ridge relative to mean(diag G) (the default leaves the fit unchanged to
     4 digits on the synthetic presets and keeps singular Grams solvable); dropout: input
-    dropout's diagonal ridge added to it; val/select_rank: see `solve_reduced_rank`.
+    dropout's diagonal ridge added to it; val ({key: ModuleStats or ValidationData}, e.g. from
+    `dataset_stats` or `dataset_rows`) and select_rank: see `solve_reduced_rank`.
     """
     if not train:
         raise ExactSolveError("adapter", "no modules to solve")

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from kernels.exact.errors import ExactSolveError
+from kernels.exact.solve import ValidationData
 from kernels.exact.stats import LayerStats, ModuleStats
 from kernels.modules import INPUT_KIND
 
@@ -64,4 +65,17 @@ def dataset_stats(inputs: dict, targets: dict, weights, *, input_key: Callable[[
         layer.update(X, {k: targets[k] for k in keys}, weights, chunk_rows=chunk_rows)
         for k in keys:
             out[k] = layer.module(k)
+    return out
+
+
+def dataset_rows(inputs: dict, targets: dict, weights, *,
+                 input_key: Callable[[str], str] = default_input_key) -> dict[str, ValidationData]:
+    """{target key: ValidationData(X, R, weights)}: raw rows for validation, referenced, not copied."""
+    weights = np.asarray(weights)
+    out = {}
+    for key, R in targets.items():
+        ik = input_key(key)
+        if ik not in inputs:
+            raise ExactSolveError(key, f"needs input {ik}, which is missing")
+        out[key] = ValidationData(inputs[ik], R, weights)
     return out

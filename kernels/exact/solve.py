@@ -22,6 +22,7 @@ of K^T K / K K^T.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy.linalg import blas, cho_solve, cholesky, eigh, solve_triangular
@@ -255,7 +256,46 @@ def nested_losses(G, C, rr, q_sum, V, P) -> np.ndarray:
     return (rr + np.cumsum(g - 2.0 * c)) / (q_sum * C.shape[1])
 
 
-def _check_val(name, val, d, o):
+class ValidationData(NamedTuple):
+    """Raw validation rows for `val=`: X [n, in], R [n, out] (float16/32/64), weights q [n] (0 = unused).
+
+    The nested losses then cost O(n_val r (in + out)) and need no validation Gram at all.
+    """
+
+    X: np.ndarray
+    R: np.ndarray
+    q: np.ndarray
+
+
+def nested_losses_from_data(X, R, q, V, P) -> np.ndarray:
+    """`nested_losses` from raw rows: with h = P^T x and f = V^T r, ||V_k h_k - r||^2 =
+    ||h_k||^2 - 2 h_k.f_k + ||r||^2 (V orthonormal). Copies only the rows with q > 0."""
+    rows = np.flatnonzero(q > 0)
+    w = q[rows].astype(np.float64)
+    Xv = X[rows].astype(np.float64)
+    Rv = R[rows].astype(np.float64)
+    H = Xv @ P
+    F = Rv @ V
+    rr = float(np.sum(w * np.sum(Rv * Rv, axis=1)))
+    terms = w @ (H * H - 2.0 * H * F)
+    return (rr + np.cumsum(terms)) / (float(w.sum()) * R.shape[1])
+
+
+def _val_losses(name, val, d, o, V, P) -> np.ndarray:
+    """Validation losses of the nested truncations, from statistics or from ValidationData."""
+    if isinstance(val, ValidationData):
+        X, R, q = val
+        q = np.asarray(q)
+        if X.ndim != 2 or R.ndim != 2 or X.shape[1] != d or R.shape[1] != o or not (X.shape[0] == R.shape[0] == q.shape[0]):
+            raise ExactSolveError(name, f"validation data shapes X {X.shape}, R {R.shape}, q {q.shape} do not match ({d}, {o})")
+        if not np.all(np.isfinite(q)) or np.any(q < 0):
+            raise ExactSolveError(name, "validation weights must be finite and >= 0")
+        if not np.any(q > 0):
+            raise ExactSolveError(name, "no validation examples with weight > 0 (q_sum = 0)")
+        losses = nested_losses_from_data(X, R, q, V, P)
+        if not np.all(np.isfinite(losses)):
+            raise ExactSolveError(name, "NaN or infinity in the validation data")
+        return losses
     for attr in ("G", "C", "rr", "q_sum"):
         if not hasattr(val, attr):
             raise ExactSolveError(name, f"validation statistics need G, C, rr and q_sum (missing {attr})")
@@ -265,6 +305,7 @@ def _check_val(name, val, d, o):
         raise ExactSolveError(name, "NaN or infinity in the validation statistics")
     if val.q_sum <= 0:
         raise ExactSolveError(name, "no validation examples with weight > 0 (q_sum = 0)")
+    return nested_losses(val.G, val.C, float(val.rr), float(val.q_sum), V, P)
 
 
 def solve_reduced_rank(G: np.ndarray, C: np.ndarray, rank: int, scale: float, *, ridge=None, ridge_rel=None,
@@ -276,7 +317,8 @@ def solve_reduced_rank(G: np.ndarray, C: np.ndarray, rank: int, scale: float, *,
     ridge: scalar or [in] vector added to diag(G); ridge_rel: times mean(diag G); both may be
     given (they add). factor: a `ridge_factor` of G computed once for modules sharing G (then
     ridge / ridge_rel must be None). n: examples used (checked against the rank when given).
-    val: validation statistics (anything with G, C, rr, q_sum, e.g. a ModuleStats): the
+    val: validation statistics (anything with G, C, rr, q_sum, e.g. a ModuleStats) or raw rows
+    (`ValidationData(X, R, q)`, cheaper: no validation Gram): the
     validation loss of every nested truncation k = 1..rank is reported (`val_losses`); with
     select_rank the k of lowest validation loss is kept and the factors are padded with zero
     rows / columns to `rank` (a PEFT adapter of the configured rank, same delta). This is the
@@ -314,12 +356,10 @@ def solve_reduced_rank(G: np.ndarray, C: np.ndarray, rank: int, scale: float, *,
             raise ExactSolveError(name, f"factor is for {factor.mat.shape[0]} inputs, statistics have {d}")
     if select_rank and val is None:
         raise ExactSolveError(name, "select_rank needs validation statistics (val)")
-    if val is not None:
-        _check_val(name, val, d, o)
     K = factor.whiten(C)
     V, sig = top_right_singular(K, rank)
     P = factor.unwhiten(K @ V)                      # M V_r [in, r]
-    val_losses = None if val is None else nested_losses(val.G, val.C, float(val.rr), float(val.q_sum), V, P)
+    val_losses = None if val is None else _val_losses(name, val, d, o, V, P)
     keep = int(np.argmin(val_losses)) + 1 if select_rank else rank
     Up, Sk, WpT = np.linalg.svd(P[:, :keep], full_matrices=False)
     root = np.sqrt(Sk / scale)

@@ -103,3 +103,22 @@ def test_an_unpacked_module_with_its_own_gram_keeps_accumulating():
     whole = ModuleStats(12, 8).update(X, R, quality)
     np.testing.assert_allclose(back.G, whole.G, rtol=1e-12)
     assert back.n == whole.n
+
+
+def test_validation_from_raw_rows_equals_validation_from_statistics():
+    from kernels.exact import ValidationData, dataset_rows, solve_adapter
+
+    inputs, targets, quality = _dataset(n=150)
+    tr = dataset_stats(inputs, targets, split_weights(150, np.arange(100), quality, threshold=0.2))
+    wv = split_weights(150, np.arange(100, 150), quality)
+    by_stats = solve_adapter(tr, 4, 2.0, val=dataset_stats(inputs, targets, wv), select_rank=True)
+    rows = dataset_rows(inputs, targets, wv)
+    assert rows["layers.0.q_proj"].X is inputs["layers.0.hidden"]  # referenced, not copied
+    by_rows = solve_adapter(tr, 4, 2.0, val=rows, select_rank=True)
+    for key in targets:
+        np.testing.assert_allclose(by_rows[key].val_losses, by_stats[key].val_losses, rtol=1e-9)
+        assert by_rows[key].effective_rank == by_stats[key].effective_rank
+    with pytest.raises(ExactSolveError, match="no validation examples"):
+        tr["layers.0.q_proj"].solve(2, 1.0, ridge=1.0, val=ValidationData(inputs["layers.0.hidden"], targets["layers.0.q_proj"], np.zeros(150)))
+    with pytest.raises(ExactSolveError, match="validation data shapes"):
+        tr["layers.0.q_proj"].solve(2, 1.0, ridge=1.0, val=ValidationData(inputs["layers.0.mlp_act"], targets["layers.0.q_proj"], wv))
