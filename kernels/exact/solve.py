@@ -101,7 +101,7 @@ def ridge_factor(G: np.ndarray, ridge=None, ridge_rel=None, *, name: str = "modu
     With a positive ridge: Cholesky (fails if G is not positive semi-definite, or if the ridge is
     too small to lift the condition number of G + Lambda below 1 / eps). With
     no ridge: an eigen-decomposition, and a Gram whose smallest eigenvalue is below
-    in * eps * largest is singular: ExactSolveError (give ridge or ridge_rel).
+    10 in eps times the largest is singular: ExactSolveError (give ridge or ridge_rel).
     """
     _check_gram(G, name)
     lam = ridge_diagonal(G, ridge, ridge_rel, name=name)
@@ -127,7 +127,7 @@ def ridge_factor(G: np.ndarray, ridge=None, ridge_rel=None, *, name: str = "modu
 def _gram_of_columns(K: np.ndarray, rows: bool) -> np.ndarray:
     """K^T K (rows=False) or K K^T (rows=True) by BLAS syrk (half the work of a product), full."""
     # BLAS reads a Fortran-ordered operand in place: K itself if it is (triangular solves return
-    # it so), else K.T; a K^T a gives K^T K for a = K and K K^T for a = K.T.
+    # it so), else K.T. syrk gives a^T a (trans=1) or a a^T (trans=0).
     a, t = (K, 1) if K.flags.f_contiguous else (K.T, 0)
     Sf = blas.dsyrk(1.0, a, trans=t if not rows else 1 - t, lower=0)  # upper (Fortran) = lower of Sf.T
     S = Sf.T
@@ -182,7 +182,8 @@ class ExactSolution:
     the returned float32 factors (never the dense delta); with rr and q_sum given, `train_loss` is
     the weighted mean squared error per output element on the statistics' data and `objective`
     adds the ridge term. `optimum` = rr - sum(whitened_singular_values^2): the objective's exact
-    minimum (sum form), before the factors are rounded to float32.
+    minimum at rank `rank` (sum form, before the factors are rounded to float32; also when
+    select_rank keeps fewer directions).
     """
 
     name: str
