@@ -27,14 +27,14 @@ from kernels.exact.dataset import dataset_rows, dataset_stats, split_weights
 from kernels.exact.dropout import dropout_ridge
 from kernels.exact.errors import ExactSolveError
 from kernels.exact.packing import pack_stats, unpack_stats
-from kernels.exact.loss import loss_from_factors, loss_from_stats
+from kernels.exact.loss import loss_from_factors, loss_from_rows, loss_from_stats
 from kernels.exact.solve import ExactSolution, RidgeFactor, ValidationData, ridge_factor, solve_reduced_rank
 from kernels.exact.stats import LayerStats, ModuleStats
 
 __all__ = [
     "ModuleStats", "LayerStats", "accumulate_gram", "accumulate_cross", "stream_stats",
     "solve_reduced_rank", "ridge_factor", "RidgeFactor", "ExactSolution",
-    "loss_from_stats", "loss_from_factors", "consolidated_stats", "consolidation_offset", "consolidate_adapter", "consolidation_sweep",
+    "loss_from_stats", "loss_from_factors", "loss_from_rows", "consolidated_stats", "consolidation_offset", "consolidate_adapter", "consolidation_sweep",
     "ConsolidatedStats", "dropout_ridge", "ExactSolveError", "certificate", "Certificate", "ModuleCertificate",
     "dataset_stats", "dataset_rows", "split_weights", "ValidationData", "solve_adapter", "DEFAULT_RIDGE_REL",
     "pack_stats", "unpack_stats",

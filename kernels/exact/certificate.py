@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels.exact.errors import ExactSolveError
-from kernels.exact.loss import loss_from_factors
-from kernels.exact.solve import ExactSolution, ridge_factor, solve_reduced_rank
+from kernels.exact.loss import loss_from_factors, loss_from_rows
+from kernels.exact.solve import ExactSolution, ValidationData, ridge_factor, solve_reduced_rank
 from kernels.exact.stats import ModuleStats
 
 CERTIFICATE_RIDGE_REL = 1e-9
@@ -76,11 +76,12 @@ def _factors(key, entry):
 
 
 def certificate(adapter: dict[str, tuple], stats: dict[str, ModuleStats], *,
-                val_stats: dict[str, ModuleStats] | None = None,
+                val_stats: dict | None = None,
                 ridge_rel: float = CERTIFICATE_RIDGE_REL) -> Certificate:
     """Certify `adapter` ({key: (A, B, scale)}) against per-module training statistics.
 
-    The rank of each module's optimum is the adapter's own rank there (A.shape[0]). Modules
+    The rank of each module's optimum is the adapter's own rank there (A.shape[0]). val_stats:
+    {key: ModuleStats or ValidationData} for the optimum's validation loss. Modules
     whose statistics share one Gram array (LayerStats views) share one factorisation.
     Raises ExactSolveError naming the module on mismatched keys, shapes or bad statistics.
     """
@@ -109,7 +110,10 @@ def certificate(adapter: dict[str, tuple], stats: dict[str, ModuleStats], *,
         val = None
         if val_stats is not None:
             vs = val_stats[key]
-            val = loss_from_factors(vs.G, vs.C, vs.rr, vs.q_sum, sol.A, sol.B, scale, name=key)
+            if isinstance(vs, ValidationData):
+                val = loss_from_rows(vs.X, vs.R, vs.q, sol.A, sol.B, scale, name=key)
+            else:
+                val = loss_from_factors(vs.G, vs.C, vs.rr, vs.q_sum, sol.A, sol.B, scale, name=key)
         modules[key] = ModuleCertificate(loss, best, relative_gap(loss, best), val, sol)
     train = float(np.mean([m.train_loss for m in modules.values()]))
     best = float(np.mean([m.optimal_train_loss for m in modules.values()]))

@@ -97,3 +97,18 @@ def test_certificate_bad_input():
         certificate({"q_proj": (A * np.nan, B, 1.0)}, {"q_proj": st})
     with pytest.raises(ExactSolveError, match="rank 5 must be between 1 and min"):
         certificate({"q_proj": (np.ones((5, 6)), np.ones((4, 5)), 1.0)}, {"q_proj": st})
+
+
+def test_validation_loss_from_rows_equals_from_statistics():
+    from kernels.exact import ValidationData, loss_from_rows
+
+    X, R, q, st = _module(200, 9, 6, seed=20)
+    Xv, Rv, qv, vst = _module(90, 9, 6, seed=21)
+    rng = np.random.default_rng(22)
+    A, B = rng.standard_normal((2, 9)).astype(np.float32), rng.standard_normal((6, 2)).astype(np.float32)
+    assert loss_from_rows(Xv, Rv, qv, A, B, 1.5) == pytest.approx(weighted_loss(Xv, Rv, qv, 1.5 * B.astype(np.float64) @ A), rel=1e-10)
+    a = certificate({"m": (A, B, 1.5)}, {"m": st}, val_stats={"m": vst})
+    b = certificate({"m": (A, B, 1.5)}, {"m": st}, val_stats={"m": ValidationData(Xv.astype(np.float16), Rv, qv)})
+    assert b.optimal_val_loss == pytest.approx(a.optimal_val_loss, rel=1e-2)  # float16 rows
+    c = certificate({"m": (A, B, 1.5)}, {"m": st}, val_stats={"m": ValidationData(Xv, Rv, qv)})
+    assert c.optimal_val_loss == pytest.approx(a.optimal_val_loss, rel=1e-9)
