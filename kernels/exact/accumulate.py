@@ -49,8 +49,6 @@ def _check_storage(name: str, what: str, A: np.ndarray, rows: int | None = None)
         raise ExactSolveError(name, f"{what} must be a 2-D array, got {getattr(A, 'shape', type(A))}")
     if A.dtype not in _STORAGE:
         raise ExactSolveError(name, f"{what} must be float16, float32 or float64, got {A.dtype}")
-    if not A.flags.c_contiguous:
-        raise ExactSolveError(name, f"{what} must be C-contiguous (a copy would double its memory)")
     if rows is not None and A.shape[0] != rows:
         raise ExactSolveError(name, f"{what} has {A.shape[0]} rows, expected {rows} (one per example)")
 
@@ -137,9 +135,11 @@ def stream_stats(G, X, q, crosses=(), *, precision: str = "float64", chunk_rows:
 
 def accumulate_gram(G: np.ndarray, X: np.ndarray, q, *, precision: str = "float64",
                     chunk_rows: int | None = None, name: str = "module") -> tuple[int, float]:
-    """G [in, in] float64 += X^T diag(q) X, in place; X [n, in] float16/32/64 C-contiguous.
+    """G [in, in] float64 += X^T diag(q) X, in place; X [n, in] float16/32/64.
 
-    Rows with q_i == 0 are skipped. Returns (rows used, their sum of q).
+    X is read in place whatever its strides (C-contiguous rows are the fast case; a view such as
+    a column slice works without a copy). Rows with q_i == 0 are skipped. Returns (rows used,
+    their sum of q).
     """
     used, qsum, _ = stream_stats(G, X, q, (), precision=precision, chunk_rows=chunk_rows, name=name)
     return used, qsum

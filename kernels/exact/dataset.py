@@ -50,7 +50,7 @@ def dataset_stats(inputs: dict, targets: dict, weights, *, input_key: Callable[[
                   precision: str = "float64", chunk_rows: int | None = None) -> dict[str, ModuleStats]:
     """{target key: ModuleStats} over the rows with weight > 0; modules reading one input share its Gram.
 
-    inputs/targets: arrays [n_rows, in] / [n_rows, out] (float16/32/64, C-contiguous), read in place.
+    inputs/targets: arrays [n_rows, in] / [n_rows, out] (float16/32/64), read in place.
     """
     groups: dict[str, list[str]] = {}
     for key in targets:
