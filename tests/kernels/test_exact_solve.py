@@ -248,3 +248,18 @@ def test_error_type():
     assert isinstance(err, ValueError) and str(err) == "layers.0.q_proj: rank 3 must be between 1 and min(in, out) = 2"
     assert (err.module, err.reason) == ("layers.0.q_proj", "rank 3 must be between 1 and min(in, out) = 2")
     assert str(ExactSolveError("whole message")) == "whole message"
+
+
+@pytest.mark.parametrize("d,o", [(240, 240), (210, 300)])
+def test_lanczos_route_with_fewer_directions_than_the_rank(d, o):
+    """C of rank 2, rank 10 asked: zero eigenvalues in the top 10, still the exact optimum."""
+    rng = np.random.default_rng(d + o)
+    X = rng.standard_normal((500, d)).astype(np.float32)
+    R = (X @ (rng.standard_normal((d, 2)) @ rng.standard_normal((2, o))) / d).astype(np.float32)
+    q = np.ones(500, np.float32)
+    G, C, rr, qs, n = stats(X, R, q)
+    sol = solve_reduced_rank(G, C, 10, 1.0, ridge=1e-3, rr=rr, q_sum=qs)
+    ref = ridge_lstsq(X, R, q, 1e-3)  # rank 2 already, so the rank-10 optimum is the full fit
+    np.testing.assert_allclose(sol.delta(), ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+    assert np.all(np.isfinite(sol.A)) and np.all(np.isfinite(sol.B))
+    assert objective(G, C, rr, sol.lam, sol.delta()) == pytest.approx(sol.optimum, rel=1e-6, abs=1e-9 * rr)
