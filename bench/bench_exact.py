@@ -16,7 +16,8 @@
    dataset, `solve_adapter` with rank selection on the raw validation rows) against the default
    SGD training (`kernels.train.train`, default TrainSettings, not counting its row gathering):
    wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap.
-   BENCH_ONLY=gram,solve,presets selects parts.
+   BENCH_ONLY=gram,solve,presets selects parts; BENCH_STATS_PRECISION=mixed for the presets'
+   statistics.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from kernels.exact import (ModuleStats, accumulate_gram, certificate, dataset_ro
                            ridge_factor, solve_adapter, solve_reduced_rank, split_weights)
 
 ONLY = set(os.environ.get("BENCH_ONLY", "gram,solve,presets").split(","))
+STATS_PRECISION = os.environ.get("BENCH_STATS_PRECISION", "float64")  # of the presets' statistics
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROWS = 2000 if QUICK else 20000
@@ -155,7 +157,8 @@ def bench_presets() -> None:
     wp = build_problems(warm.inputs, warm.targets, warm.train_idx, warm.val_idx)
     train(wp, {p.key: np.full((4, 64), 0.1, np.float32) for p in wp}, {p.key: np.zeros((64, 4), np.float32) for p in wp},
           1.0, warm.quality[warm.train_idx], warm.quality[warm.val_idx], TrainSettings(epochs=1))
-    print("\nPresets (768/3072, 2 layers, 1000 examples, seed 0): exact (select_rank) vs default SGD")
+    print(f"\nPresets (768/3072, 2 layers, 1000 examples, seed 0): exact (select_rank, {STATS_PRECISION} statistics)"
+          " vs default SGD")
     print(f"  {'preset':10s} {'exact s':>8s} {'SGD s':>7s} {'ratio':>6s} {'exact val/floor':>16s} {'SGD val/floor':>14s}"
           f" {'kept ranks':>10s} {'SGD gap':>8s}")
     for name, (rank, alpha, targets) in PRESETS.items():
@@ -164,7 +167,8 @@ def bench_presets() -> None:
         n = task.n_examples
 
         def exact():
-            tr = dataset_stats(task.inputs, task.targets, split_weights(n, task.train_idx, task.quality, threshold))
+            tr = dataset_stats(task.inputs, task.targets, split_weights(n, task.train_idx, task.quality, threshold),
+                               precision=STATS_PRECISION)
             va = dataset_rows(task.inputs, task.targets, split_weights(n, task.val_idx, task.quality))
             return tr, va, solve_adapter(tr, rank, scale, val=va, select_rank=True)
 
