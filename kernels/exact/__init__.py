@@ -7,23 +7,35 @@ closed form (reduced-rank ridge regression). One file per job:
     accumulate   G += X^T Q X, C += X^T Q R in one pass over X (chunks + BLAS syrk/gemm, float64)
     stats        ModuleStats (G, C, rr, q_sum, n) and LayerStats (one Gram per shared input)
     solve        solve_reduced_rank -> ExactSolution (balanced PEFT factors A [r, in], B [out, r])
+    packing      pack_stats / unpack_stats: flat named arrays, each shared Gram stored once
     loss         loss_from_stats / loss_from_factors: any delta's loss from the statistics alone
-    consolidate  consolidated_stats: exact consolidation against an old task's Gram
+    consolidate  consolidated_stats / consolidate_adapter / consolidation_sweep: exact consolidation
+                 against an old task's Gram, and its trade-off curve
     dropout      dropout_ridge: input dropout's expected-value equivalent, a diagonal ridge
+    adapter      solve_adapter: every module, one factorisation per shared Gram, dropout, selection
+    dataset      dataset_stats: every module of a dataset, one pass per input, splits as weights
+    certificate  certificate: any adapter's loss against the rank-r optimum, module by module
     errors       ExactSolveError: one line naming the module and the reason
 """
 
 from kernels.exact.accumulate import accumulate_cross, accumulate_gram, stream_stats
-from kernels.exact.consolidate import ConsolidatedStats, consolidated_stats, consolidation_offset
+from kernels.exact.adapter import DEFAULT_RIDGE_REL, solve_adapter
+from kernels.exact.certificate import Certificate, ModuleCertificate, certificate
+from kernels.exact.consolidate import (ConsolidatedStats, consolidate_adapter, consolidated_stats,
+                                       consolidation_offset, consolidation_sweep)
+from kernels.exact.dataset import dataset_rows, dataset_stats, split_weights
 from kernels.exact.dropout import dropout_ridge
 from kernels.exact.errors import ExactSolveError
-from kernels.exact.loss import loss_from_factors, loss_from_stats
-from kernels.exact.solve import ExactSolution, RidgeFactor, ridge_factor, solve_reduced_rank
+from kernels.exact.packing import pack_stats, unpack_stats
+from kernels.exact.loss import loss_from_factors, loss_from_rows, loss_from_stats
+from kernels.exact.solve import ExactSolution, RidgeFactor, ValidationData, ridge_factor, solve_reduced_rank
 from kernels.exact.stats import LayerStats, ModuleStats
 
 __all__ = [
     "ModuleStats", "LayerStats", "accumulate_gram", "accumulate_cross", "stream_stats",
     "solve_reduced_rank", "ridge_factor", "RidgeFactor", "ExactSolution",
-    "loss_from_stats", "loss_from_factors", "consolidated_stats", "consolidation_offset",
-    "ConsolidatedStats", "dropout_ridge", "ExactSolveError",
+    "loss_from_stats", "loss_from_factors", "loss_from_rows", "consolidated_stats", "consolidation_offset", "consolidate_adapter", "consolidation_sweep",
+    "ConsolidatedStats", "dropout_ridge", "ExactSolveError", "certificate", "Certificate", "ModuleCertificate",
+    "dataset_stats", "dataset_rows", "split_weights", "ValidationData", "solve_adapter", "DEFAULT_RIDGE_REL",
+    "pack_stats", "unpack_stats",
 ]

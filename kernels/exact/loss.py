@@ -58,3 +58,19 @@ def loss_from_factors(G: np.ndarray, C: np.ndarray, rr: float, q_sum: float, A: 
         raise ExactSolveError(name, f"factors A {A.shape}, B {B.shape} do not fit statistics G {G.shape}, C {C.shape}")
     cross, quad, _ = factor_terms(G, C, A, B, scale)
     return (rr - 2.0 * cross + quad) / (q_sum * C.shape[1])
+
+
+def loss_from_rows(X: np.ndarray, R: np.ndarray, q, A: np.ndarray, B: np.ndarray, scale: float, *,
+                   name: str = "module") -> float:
+    """The same loss straight from rows X [n, in], R [n, out] with weights q (0 = unused).
+
+    Copies only the rows with q > 0 (a validation split), never forms the dense delta.
+    """
+    q = np.asarray(q)
+    rows = np.flatnonzero(q > 0)
+    if rows.size == 0:
+        raise ExactSolveError(name, "no examples with weight > 0 (q_sum = 0)")
+    w = q[rows].astype(np.float64)
+    H = X[rows].astype(np.float64) @ np.asarray(A, np.float64).T
+    E = scale * (H @ np.asarray(B, np.float64).T) - R[rows].astype(np.float64)
+    return float(w @ np.sum(E * E, axis=1)) / (float(w.sum()) * R.shape[1])

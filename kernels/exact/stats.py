@@ -40,6 +40,7 @@ class ModuleStats:
         if G is not None and (G.shape != (d_in, d_in) or G.dtype != np.float64 or not G.flags.c_contiguous):
             raise ExactSolveError(name, f"a shared Gram must be C-contiguous float64 [{d_in}, {d_in}], got {G.dtype} {G.shape}")
         self.G = G if G is not None else np.zeros((d_in, d_in), np.float64)
+        self.gram_key = name  # the name its Gram is stored under (a LayerStats view: the layer's)
         self.C = np.zeros((d_in, d_out), np.float64)
         self.rr = 0.0
         self.q_sum = 0.0
@@ -108,7 +109,7 @@ class ModuleStats:
         return out
 
     def solve(self, rank: int, scale: float, **kwargs):
-        """The exact rank-r optimum on these statistics (`solve_reduced_rank`)."""
+        """The exact rank-r optimum on these statistics (`solve_reduced_rank`; val= may be a ModuleStats)."""
         from kernels.exact.solve import solve_reduced_rank
 
         kwargs.setdefault("name", self.name)
@@ -173,6 +174,7 @@ class LayerStats:
         view = ModuleStats(self.d_in, self.C[key].shape[1], G=self.G, name=key, precision=self.precision)
         view.C = self.C[key]
         view.rr, view.q_sum, view.n = self.rr[key], self.q_sum, self.n
+        view.gram_key = self.name
         return view
 
     @property

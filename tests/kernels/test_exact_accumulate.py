@@ -87,8 +87,6 @@ def test_bad_weights_raise_and_change_nothing(bad):
 
 def test_bad_arrays_raise():
     X, R, q = problem(20, 4, 2, seed=7)
-    with pytest.raises(ExactSolveError, match="C-contiguous"):
-        accumulate_gram(np.zeros((4, 4)), np.asfortranarray(X), q)
     with pytest.raises(ExactSolveError, match="float64"):
         accumulate_gram(np.zeros((4, 4), np.float32), X, q)
     with pytest.raises(ExactSolveError, match="shape"):
@@ -135,3 +133,33 @@ def test_layer_stats_share_one_gram():
     with pytest.raises(ExactSolveError, match="exactly"):
         layer.update(X, {"q_proj": Rq}, q)
     assert layer.nbytes == 8 * (81 + 9 * 6)
+
+
+def test_nan_in_an_excluded_row_does_not_poison_the_statistics():
+    X, R, q = problem(30, 5, 3, seed=11)
+    X[4, 2] = np.nan
+    R[7, 1] = np.inf
+    q[4] = q[7] = 0.0
+    s = ModuleStats(5, 3).update(X, R, q)
+    assert np.all(np.isfinite(s.G)) and np.all(np.isfinite(s.C)) and np.isfinite(s.rr)
+    assert s.n == 28
+
+
+@pytest.mark.parametrize("where", ["X", "R"])
+def test_nan_in_a_used_row_is_reported_at_the_solve(where):
+    X, R, q = problem(30, 5, 3, seed=12)
+    (X if where == "X" else R)[4, 1] = np.nan
+    s = ModuleStats(5, 3, name="layers.1.k_proj").update(X.astype(np.float16), R.astype(np.float16), q)
+    with pytest.raises(ExactSolveError, match=r"^layers\.1\.k_proj: NaN or infinity in the statistics"):
+        s.solve(2, 1.0, ridge_rel=1e-3)
+
+
+def test_strided_views_are_read_in_place():
+    X, R, q = problem(60, 10, 6, seed=13)
+    X16 = X.astype(np.float16)
+    for Xv in (X[:, 1:8], np.asfortranarray(X)[:, 1:8], X16[:, 1:8]):
+        G_ref, C_ref, *_ = stats(np.ascontiguousarray(Xv), np.ascontiguousarray(R[:, ::2]), q)
+        G, C = np.zeros((7, 7)), np.zeros((7, 3))
+        stream_stats(G, Xv, q, [(C, R[:, ::2])])
+        np.testing.assert_allclose(G, G_ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(C, C_ref, rtol=1e-12, atol=1e-12)

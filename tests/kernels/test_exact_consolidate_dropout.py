@@ -82,3 +82,27 @@ def test_dropout_ridge_equals_the_expectation_over_masks():
     assert np.linalg.norm(mc - plain) / np.linalg.norm(plain) > 5 * err  # and dropout really changed the fit
     # theory: the ridge shrinks the fit, more for inputs with more energy
     assert np.linalg.norm(exact) < np.linalg.norm(plain)
+
+
+def test_consolidation_sweep_trades_the_new_task_for_the_old():
+    from kernels.exact import ModuleStats, consolidate_adapter, consolidation_sweep
+
+    def stats_of(seed):
+        X, R, q = problem(300, 8, 6, seed=seed, rank_true=3)
+        return {"q_proj": ModuleStats(8, 6).update(X, R, q)}
+
+    new, old = stats_of(40), stats_of(41)
+    D_old = {"q_proj": old["q_proj"].solve(6, 1.0).delta()}
+    rows = consolidation_sweep(new, old, D_old, 6, 1.0, [0.0, 0.1, 1.0, 10.0, 1e3, 1e5], new_val=new, old_val=old)
+    new_loss = [r["new_val_loss"] for r in rows]
+    old_loss = [r["old_val_loss"] for r in rows]
+    assert all(a < b for a, b in zip(new_loss, new_loss[1:]))  # on the training statistics the
+    assert all(a > b for a, b in zip(old_loss, old_loss[1:]))  # trade-off is strictly monotone
+    assert new_loss[0] == pytest.approx(new["q_proj"].solve(6, 1.0, ridge_rel=1e-4).train_loss, rel=1e-6)
+    assert old_loss[-1] == pytest.approx(old["q_proj"].loss(D_old["q_proj"]), rel=1e-3)
+    sol = consolidate_adapter(new, old, D_old, 2, 1.0, 1.0)["q_proj"]
+    ref = solve_reduced_rank(*consolidated_stats(new["q_proj"].G, new["q_proj"].C, old["q_proj"].G, D_old["q_proj"], 1.0),
+                             2, 1.0, ridge_rel=1e-4)
+    np.testing.assert_allclose(sol.delta(), ref.delta(), rtol=1e-6, atol=1e-8)
+    with pytest.raises(ExactSolveError, match="name different modules"):
+        consolidate_adapter(new, {}, D_old, 2, 1.0, 1.0)

@@ -190,3 +190,76 @@ def test_other_bad_values():
         solve_reduced_rank(G + np.triu(np.ones_like(G), 1), C, 2, 1.0, ridge=1.0)
     with pytest.raises(ExactSolveError, match="rank must be an integer"):
         solve_reduced_rank(G, C, 2.5, 1.0, ridge=1.0)
+
+
+@pytest.mark.parametrize("d,o,rank", [(240, 240, 4), (240, 240, 20), (210, 260, 5), (260, 210, 1)])
+def test_large_shapes_take_the_lanczos_route_and_agree(d, o, rank):
+    X, R, q = problem(600, d, o, seed=d + o + rank, rank_true=6)
+    G, C, rr, qs, n = stats(X, R, q)
+    sol = solve_reduced_rank(G, C, rank, 1.0, ridge_rel=1e-2, rr=rr, q_sum=qs, n=n)
+    ref = reduced_rank_eigh(G, C, sol.lam, rank)
+    np.testing.assert_allclose(sol.delta(), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    assert objective(G, C, rr, sol.lam, sol.delta()) == pytest.approx(sol.optimum, rel=1e-6)
+
+
+def test_rank_above_the_rank_of_the_data_returns_the_full_fit():
+    """C of rank 1 and a request for rank 3: the optimum is the (rank-1) ridge fit itself."""
+    rng = np.random.default_rng(20)
+    X = rng.standard_normal((80, 5)).astype(np.float32)
+    R = (X @ np.outer(rng.standard_normal(5), rng.standard_normal(9))).astype(np.float32)
+    q = np.ones(80, np.float32)
+    G, C, rr, qs, n = stats(X, R, q)
+    sol = solve_reduced_rank(G, C, 3, 1.0, ridge=0.1, rr=rr, q_sum=qs)  # out 9 > in 5: the K K^T route
+    np.testing.assert_allclose(sol.delta(), ridge_lstsq(X, R, q, 0.1), rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(sol.A)) and np.all(np.isfinite(sol.B))
+    assert sol.singular_values[1] < 1e-6 * sol.singular_values[0]
+
+
+def test_validation_losses_of_every_truncation_and_rank_selection():
+    rng = np.random.default_rng(30)
+    W = rng.standard_normal((9, 2)) @ rng.standard_normal((2, 12)) / np.sqrt(12)  # a rank-2 truth
+
+    def split(n):
+        X = rng.standard_normal((n, 12)).astype(np.float32)
+        return X, (X @ W.T + 1.0 * rng.standard_normal((n, 9))).astype(np.float32)
+
+    (Xt, Rt), (Xv, Rv) = split(150), split(2000)
+    tr = ModuleStats(12, 9).update(Xt, Rt, np.ones(150, np.float32))
+    va = ModuleStats(12, 9).update(Xv, Rv, np.ones(2000, np.float32))
+    sol = tr.solve(6, 2.0, ridge_rel=1e-3, val=va)
+    assert sol.effective_rank == 6 and sol.val_losses.shape == (6,)
+    for k in range(1, 7):
+        ref = va.loss(tr.solve(k, 2.0, ridge_rel=1e-3).delta())
+        assert sol.val_losses[k - 1] == pytest.approx(ref, rel=1e-6)
+    best = tr.solve(6, 2.0, ridge_rel=1e-3, val=va, select_rank=True)
+    k = best.effective_rank
+    assert k == int(np.argmin(sol.val_losses)) + 1 and k < 6  # noise-only directions are dropped
+    assert best.A.shape == (6, 12) and best.B.shape == (9, 6)
+    assert not best.A[k:].any() and not best.B[:, k:].any()
+    np.testing.assert_allclose(best.delta(), tr.solve(k, 2.0, ridge_rel=1e-3).delta(), rtol=1e-5, atol=1e-7)
+    assert best.val_loss == pytest.approx(va.loss(best.delta()), rel=1e-6)
+    assert best.val_loss <= sol.val_loss
+    with pytest.raises(ExactSolveError, match="select_rank needs validation statistics"):
+        tr.solve(3, 1.0, ridge=1.0, select_rank=True)
+
+
+def test_error_type():
+    err = ExactSolveError("layers.0.q_proj", "rank 3 must be between 1 and min(in, out) = 2")
+    assert isinstance(err, ValueError) and str(err) == "layers.0.q_proj: rank 3 must be between 1 and min(in, out) = 2"
+    assert (err.module, err.reason) == ("layers.0.q_proj", "rank 3 must be between 1 and min(in, out) = 2")
+    assert str(ExactSolveError("whole message")) == "whole message"
+
+
+@pytest.mark.parametrize("d,o", [(240, 240), (210, 300)])
+def test_lanczos_route_with_fewer_directions_than_the_rank(d, o):
+    """C of rank 2, rank 10 asked: zero eigenvalues in the top 10, still the exact optimum."""
+    rng = np.random.default_rng(d + o)
+    X = rng.standard_normal((500, d)).astype(np.float32)
+    R = (X @ (rng.standard_normal((d, 2)) @ rng.standard_normal((2, o))) / d).astype(np.float32)
+    q = np.ones(500, np.float32)
+    G, C, rr, qs, n = stats(X, R, q)
+    sol = solve_reduced_rank(G, C, 10, 1.0, ridge=1e-3, rr=rr, q_sum=qs)
+    ref = ridge_lstsq(X, R, q, 1e-3)  # rank 2 already, so the rank-10 optimum is the full fit
+    np.testing.assert_allclose(sol.delta(), ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+    assert np.all(np.isfinite(sol.A)) and np.all(np.isfinite(sol.B))
+    assert objective(G, C, rr, sol.lam, sol.delta()) == pytest.approx(sol.optimum, rel=1e-6, abs=1e-9 * rr)

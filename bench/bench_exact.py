@@ -1,0 +1,211 @@
+"""Exact-solver benchmarks: ratios against references measured in the same run (DESIGN.md section 8).
+
+    python bench/bench_exact.py     # BENCH_THREADS=2 by default (NUMBA_NUM_THREADS and
+                                    # OPENBLAS_NUM_THREADS both); BENCH_QUICK=1: small smoke run
+
+1. Gram accumulation `accumulate_gram(G, X, q)` (float64 G) vs numpy's `X.T @ X` (OpenBLAS
+   ssyrk, float32 result) on the same float32 X, 20000 x 768 and 20000 x 3072, alternating
+   rounds. Target >= 0.8. Both precisions of ours are timed ("float64": float64 products and
+   sums; "mixed": float32 products within a chunk, float64 across chunks), with the relative
+   error of each result (and numpy's) against an exact float64 Gram, and the peak memory that
+   the call allocates (tracemalloc) against the size of X.
+2. Solve time per module, rank 16, ridge_rel 1e-3, at 768x768, 768x3072 (gate/up) and
+   3072x768 (down), and the q/k/v layer with one shared factorisation.
+3. The five presets at the default geometry (hidden 768, intermediate 3072, 2 layers, 1000
+   synthetic examples, seed 0): the exact path (statistics of the training split from the raw
+   dataset, `solve_adapter` with rank selection on the raw validation rows) against the default
+   SGD training (`kernels.train.train`, default TrainSettings, not counting its row gathering):
+   wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap.
+   BENCH_ONLY=gram,solve,presets selects parts; BENCH_STATS_PRECISION=mixed for the presets'
+   statistics.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(THREADS)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kernels.exact import (ModuleStats, accumulate_gram, certificate, dataset_rows, dataset_stats,  # noqa: E402
+                           ridge_factor, solve_adapter, solve_reduced_rank, split_weights)
+
+ONLY = set(os.environ.get("BENCH_ONLY", "gram,solve,presets").split(","))
+STATS_PRECISION = os.environ.get("BENCH_STATS_PRECISION", "float64")  # of the presets' statistics
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+ROWS = 2000 if QUICK else 20000
+ROUNDS = 3 if QUICK else 7
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def alternating(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Each fn once per round, in turn (one warm-up round first), so load spikes hit all alike."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            times[k].append(_time(fn))
+    return times
+
+
+def peak_alloc(fn) -> int:
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def bench_gram(n: int, d: int) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    q = np.ones(n, np.float32)
+    G = np.zeros((d, d))
+    exact = X.T.astype(np.float64) @ X.astype(np.float64)  # float64 BLAS on float64 copies: the truth
+
+    def ours(precision):
+        def run():
+            G[...] = 0.0
+            accumulate_gram(G, X, q, precision=precision)
+        return run
+
+    fns = {"numpy X.T @ X (float32)": lambda: X.T @ X, "ours float64": ours("float64"), "ours mixed": ours("mixed")}
+    rounds = ROUNDS if d < 2048 else max(3, ROUNDS - 2)
+    times = alternating(fns, rounds)
+    ref = float(np.median(times["numpy X.T @ X (float32)"]))
+    scale = float(np.max(np.abs(exact)))
+    errs = {"numpy X.T @ X (float32)": float(np.max(np.abs((X.T @ X) - exact))) / scale}
+    mem = {}
+    for prec in ("float64", "mixed"):
+        G[...] = 0.0
+        mem[prec] = peak_alloc(ours(prec))
+        errs[f"ours {prec}"] = float(np.max(np.abs(G - exact))) / scale
+    print(f"\nGram {n} x {d} (X float32, {X.nbytes / 2**20:.0f} MiB), {rounds} alternating rounds:")
+    print(f"  {'':28s} {'median s':>9s} {'best s':>8s} {'speed vs numpy':>15s} {'max rel err':>12s} {'peak alloc':>11s}")
+    for k, ts in times.items():
+        med, best = float(np.median(ts)), float(np.min(ts))
+        m = mem.get(k.replace("ours ", ""))
+        mtxt = f"{m / 2**20:8.1f} MiB" if m is not None else ""
+        print(f"  {k:28s} {med:9.4f} {best:8.4f} {ref / med:14.2f}x {errs[k]:12.1e} {mtxt:>11s}")
+
+
+def bench_solve() -> None:
+    rng = np.random.default_rng(1)
+    n = 4000 if not QUICK else 800
+    cases = [("q_proj 768->768", 768, 768), ("up_proj 768->3072", 768, 3072), ("down_proj 3072->768", 3072, 768)]
+    print(f"\nSolve per module (rank 16, ridge_rel 1e-3, statistics of {n} rows), {ROUNDS} rounds:")
+    for label, d, o in cases:
+        X = rng.standard_normal((n, d), dtype=np.float32)
+        W = (rng.standard_normal((o, 16)) @ rng.standard_normal((16, d)) / d).astype(np.float32)
+        R = X @ W.T + 0.1 * rng.standard_normal((n, o), dtype=np.float32)
+        s = ModuleStats(d, o)
+        t_acc = _time(lambda: s.update(X, R, np.ones(n, np.float32)))
+        ts = alternating({"solve": lambda: s.solve(16, 2.0, ridge_rel=1e-3)}, ROUNDS)["solve"]
+        print(f"  {label:22s} solve {np.median(ts):7.4f} s (best {np.min(ts):.4f})   stats of {n} rows {t_acc:.4f} s")
+    d = 768
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    s = ModuleStats(d, d).update(X, X[:, ::-1].copy(), np.ones(n, np.float32))
+
+    def layer():
+        f = ridge_factor(s.G, ridge_rel=1e-3)
+        for _ in range(3):
+            solve_reduced_rank(s.G, s.C, 16, 2.0, factor=f)
+
+    def separate():
+        for _ in range(3):
+            solve_reduced_rank(s.G, s.C, 16, 2.0, ridge_rel=1e-3)
+
+    t = alternating({"shared": layer, "separate": separate}, ROUNDS)
+    print(f"  q/k/v at 768 (three solves): one shared factorisation {np.median(t['shared']):.4f} s, "
+          f"three separate {np.median(t['separate']):.4f} s")
+
+
+PRESETS = {  # rank, alpha, targets, as ruv_assets.presets declares them
+    "coder": (16, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    "researcher": (8, 16.0, ["q_proj", "k_proj", "v_proj"]),
+    "security": (16, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    "architect": (12, 24.0, ["q_proj", "v_proj", "gate_proj", "up_proj"]),
+    "reviewer": (8, 16.0, ["q_proj", "v_proj"]),
+}
+
+
+def bench_presets() -> None:
+    import math
+
+    from kernels.modules import lora_scale
+    from kernels.synthetic import generate_task
+    from kernels.train import TrainSettings, build_problems, train
+
+    threshold = TrainSettings().quality_threshold
+    warm = generate_task("reviewer", ["q_proj"], 4, 64, 128, 1, 100, 0)  # JIT-compile SGD's kernels untimed
+    wp = build_problems(warm.inputs, warm.targets, warm.train_idx, warm.val_idx)
+    train(wp, {p.key: np.full((4, 64), 0.1, np.float32) for p in wp}, {p.key: np.zeros((64, 4), np.float32) for p in wp},
+          1.0, warm.quality[warm.train_idx], warm.quality[warm.val_idx], TrainSettings(epochs=1))
+    print(f"\nPresets (768/3072, 2 layers, 1000 examples, seed 0): exact (select_rank, {STATS_PRECISION} statistics)"
+          " vs default SGD")
+    print(f"  {'preset':10s} {'exact s':>8s} {'SGD s':>7s} {'ratio':>6s} {'exact val/floor':>16s} {'SGD val/floor':>14s}"
+          f" {'kept ranks':>10s} {'SGD gap':>8s}")
+    for name, (rank, alpha, targets) in PRESETS.items():
+        task = generate_task(name, targets, rank, 768, 3072, 2, 1000, 0)
+        scale = lora_scale(alpha, rank)
+        n = task.n_examples
+
+        def exact():
+            tr = dataset_stats(task.inputs, task.targets, split_weights(n, task.train_idx, task.quality, threshold),
+                               precision=STATS_PRECISION)
+            va = dataset_rows(task.inputs, task.targets, split_weights(n, task.val_idx, task.quality))
+            return tr, va, solve_adapter(tr, rank, scale, val=va, select_rank=True)
+
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            tr, va, sols = exact()
+            ts.append(time.perf_counter() - t0)
+        problems = build_problems(task.inputs, task.targets, task.train_idx, task.val_idx)
+        rng = np.random.default_rng(100)
+        A = {p.key: (rng.uniform(-1, 1, (rank, p.X_train.shape[1])) / math.sqrt(p.X_train.shape[1])).astype(np.float32)
+             for p in problems}
+        B = {p.key: np.zeros((p.R_train.shape[1], rank), np.float32) for p in problems}
+        t0 = time.perf_counter()
+        res = train(problems, A, B, scale, task.quality[task.train_idx], task.quality[task.val_idx], TrainSettings())
+        t_sgd = time.perf_counter() - t0
+        cert = certificate({k: (res.A[k], res.B[k], scale) for k in tr}, tr)
+        val = float(np.mean([s.val_loss for s in sols.values()]))
+        kept = sorted({s.effective_rank for s in sols.values()})
+        t_ex = float(np.median(ts))
+        print(f"  {name:10s} {t_ex:8.3f} {t_sgd:7.2f} {t_sgd / t_ex:5.1f}x {val / task.noise_floor:16.4f}"
+              f" {res.val_loss / task.noise_floor:14.4f} {str(kept):>10s} {cert.optimality_gap:8.4f}")
+
+
+def main() -> None:
+    print(f"threads: NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']} OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
+          f" (numba {numba.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, load average"
+          f" {os.getloadavg()[0]:.1f})")
+    if "gram" in ONLY:
+        for d in (768, 3072):
+            bench_gram(ROWS, d)
+    if "solve" in ONLY:
+        bench_solve()
+    if "presets" in ONLY:
+        bench_presets()
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
