@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export RUV_HOME ?= $(CURDIR)/.ruv
@@ -14,26 +15,31 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
+# `make run` installs the runtime only; the tests and benchmarks add their extras (PyTorch, PEFT).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,reference]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,reference]'
+	touch $(TEST_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/ruv run-all
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	bash scripts/test-deps.sh
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow and not e2e"
 
 ui: $(STAMP)
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
