@@ -7,6 +7,8 @@ why synthetic data, training shuffles, quality draws and DARE masks use it inste
 import numpy as np
 from numba import njit
 
+from kernels.finite import all_finite  # noqa: F401  (kept importable here for kernels.adapter)
+
 MASK64 = 0xFFFFFFFFFFFFFFFF
 GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: the splitmix64 increment
 
@@ -25,13 +27,3 @@ def mix64_py(z: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
     return z ^ (z >> 31)
-
-
-@njit(cache=True)
-def all_finite(flat):
-    """True when no value of a 1-D array is NaN or infinite (stops at the first bad one)."""
-    for i in range(flat.shape[0]):
-        v = flat[i]
-        if not (v == v and abs(v) < np.inf):
-            return False
-    return True
