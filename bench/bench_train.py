@@ -42,9 +42,9 @@ def main() -> None:
     from kernels.modules import lora_scale
     from kernels.train import OPT_CODE, ModuleProblem
     from kernels.train.evaluation import target_sqnorms
-    from kernels.train.steps import run_steps
     from kernels.train.bundles import Hyper
-from kernels.train.workspace import Workspace
+    from kernels.train.steps import run_steps
+    from kernels.train.workspace import Workspace
 
     torch.set_num_threads(args.threads)
     n_pool, d, r, bs = 4096, 768, 16, args.batch
