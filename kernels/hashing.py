@@ -4,6 +4,8 @@ Streams keyed this way are bit-identical whatever the thread count or numpy vers
 why synthetic data, training shuffles, quality draws and DARE masks use it instead of np.random.
 """
 
+import zlib
+
 import numpy as np
 from numba import njit
 
@@ -27,3 +29,9 @@ def mix64_py(z: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
     return z ^ (z >> 31)
+
+
+def name_hash(name: str) -> int:
+    """A stable 32-bit hash of a name (CRC-32 of its UTF-8 bytes): the same on every run and
+    machine, unlike `hash()`. Seeds per module key, preset and task name derive from it."""
+    return zlib.crc32(name.encode("utf-8"))

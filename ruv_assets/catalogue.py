@@ -19,7 +19,7 @@ from ruv_assets.config import AdapterName, LoraConfig, ModelGeometry
 from ruv_assets.presets import PRESETS
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
-MergeMethod = Literal["average", "weighted", "task_arithmetic", "slerp", "ties", "dare", "magnitude_prune"]
+MergeMethod = Literal["average", "weighted", "task_arithmetic", "slerp", "ties", "dare", "magnitude_prune", "prune_merged"]
 
 
 class CatalogueError(ValueError):
@@ -57,7 +57,7 @@ class CompositeConfig(BaseModel):
                 raise ValueError(f"slerp merges exactly two adapters, got {len(self.sources)}")
             if self.t is None:
                 raise ValueError("slerp needs t in [0, 1]")
-        if self.method in ("ties", "dare", "magnitude_prune") and self.density is None:
+        if self.method in ("ties", "dare", "magnitude_prune", "prune_merged") and self.density is None:
             raise ValueError(f"{self.method} needs density in (0, 1]")
         from kernels.merge import METHOD_PARAMS, REQUIRED_PARAMS  # the kernels' registry says what each method takes
 
