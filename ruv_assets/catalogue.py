@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from contextlib import contextmanager
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
@@ -189,8 +190,25 @@ def _cached(path: str | None) -> Catalogue:
     return load_catalogue(path)
 
 
+_handed_in: list[Catalogue] = []
+
+
+@contextmanager
+def using_catalogue(catalogue: Catalogue):
+    """Within the block, `current_catalogue()` is `catalogue` (a catalogue handed in, e.g. an
+    edited copy in a test) instead of the file's."""
+    _handed_in.append(catalogue)
+    try:
+        yield catalogue
+    finally:
+        _handed_in.pop()
+
+
 def current_catalogue() -> Catalogue:
-    """The catalogue named by `RUV_CATALOGUE` (or the shipped one), read once per path."""
+    """The catalogue handed in by `using_catalogue`, else the one named by `RUV_CATALOGUE` (or the
+    shipped one), read once per path."""
+    if _handed_in:
+        return _handed_in[-1]
     return _cached(os.environ.get("RUV_CATALOGUE") or None)
 
 
