@@ -32,6 +32,16 @@ def mix64_py(z: int) -> int:
 
 
 def name_hash(name: str) -> int:
-    """A stable 32-bit hash of a name (CRC-32 of its UTF-8 bytes): the same on every run and
-    machine, unlike `hash()`. Seeds per module key, preset and task name derive from it."""
+    """FNV-1a 64 of a name's UTF-8 bytes: the same on every run and machine (unlike `hash()`).
+    Synthetic task streams derive from it."""
+    h = 0xCBF29CE484222325
+    for b in name.encode("utf-8"):
+        h = ((h ^ b) * 0x100000001B3) & MASK64
+    return h
+
+
+def name_crc32(name: str) -> int:
+    """CRC-32 of a name's UTF-8 bytes: the 32-bit name hash that preset seeds, adapter
+    initialisation and DARE stream keys derive from (kept so that stored artefacts keep their
+    data versions; `name_hash` is the 64-bit one)."""
     return zlib.crc32(name.encode("utf-8"))

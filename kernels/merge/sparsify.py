@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from kernels.hashing import GOLDEN, MASK64, mix64, mix64_py, name_hash
+from kernels.hashing import GOLDEN, MASK64, mix64, mix64_py, name_crc32
 from kernels.merge.select import kth_largest_abs
 
 TILE = 4096
@@ -54,7 +54,7 @@ def prune_inplace(x: np.ndarray, density: float) -> np.ndarray:
 
 def dare_key(seed: int, source_index: int, module_key: str) -> int:
     """Stream key of one (seed, source, module) tensor: fixed by the seed, stable across runs."""
-    h = name_hash(module_key)
+    h = name_crc32(module_key)
     k = mix64_py((int(seed) & MASK64) + GOLDEN)
     k = mix64_py(k ^ ((int(source_index) + 1) * GOLDEN & MASK64))
     return mix64_py(k ^ (h << 16))

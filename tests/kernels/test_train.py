@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 
-from kernels import train as T
 from kernels.modules import lora_scale
 from kernels.synthetic import generate_task
 from kernels.train import (
