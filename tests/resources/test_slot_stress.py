@@ -98,11 +98,15 @@ def reader_main(slot_dir: str, out: str, stop: str, ready: str) -> None:
     Path(out).write_text(json.dumps({"checks": checks, "loads": reader.loads, "generations": generations, "errors": errors}))
 
 
+ROOT = str(Path(__file__).resolve().parents[2])  # the reader imports tests.resources.adapters
+
+
 def start_reader(slot_dir: Path, workdir: Path, index: int) -> tuple[subprocess.Popen, Path, Path]:
     out, ready = workdir / f"reader{index}.json", workdir / f"ready{index}"
     proc = subprocess.Popen(
         [sys.executable, __file__, "reader", str(slot_dir), str(out), str(workdir / "stop"), str(ready)],
         stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])},
     )
     return proc, out, ready
 
