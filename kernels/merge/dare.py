@@ -52,9 +52,9 @@ def dare_dense(deltas: np.ndarray, density: float, keys, *, weights=None, lam: f
     return out
 
 
-def _combine(stack, density, keys, w, lam, combine, out):
+def _combine(stack, density, keys, w, lam, combine, out, pad_to=None):
     sparse_merge_into(stack, out, sparsify="random", density=density, weights=w, lam=lam,
-                      consensus=combine == "ties", keys=keys)
+                      consensus=combine == "ties", keys=keys, pad_to=pad_to)
 
 
 def merge(sources, *, density, weights=None, lam=1.0, seed=0, dare_combine="linear",
@@ -67,7 +67,7 @@ def merge(sources, *, density, weights=None, lam=1.0, seed=0, dare_combine="line
 
     def run(key, idx, stack, out):
         keys = [dare_key(seed, i, key) for i in idx]
-        _combine(stack, density, keys, w[idx], lam, combine, out)
+        _combine(stack, density, keys, w[idx], lam, combine, out, pad_to=len(prep.sources))
 
     params.update(seed=seed, dare_combine=combine)
     return dense_merge(prep, rank, NAME, params, run)

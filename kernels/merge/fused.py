@@ -69,10 +69,20 @@ def weighted_sum_into(stack, coeffs, out):
                 o[q] += ci * row[q]
 
 
-def fused_args(stack: np.ndarray, thr, weights):
-    """The tuples `ties_fused` takes, from a [T, N] stack and per-task thresholds/weights."""
+def fused_args(stack: np.ndarray, thr, weights, pad_to: int | None = None):
+    """The tuples `ties_fused` takes, from a [T, N] stack and per-task thresholds/weights.
+
+    `pad_to` appends zero tasks (weight 0) up to that many: a zero entry adds nothing to the
+    mass, never agrees with a sign and so never counts, so the result is exactly the same, and
+    a merge whose modules are held by different numbers of sources compiles `ties_fused` once
+    (the tuple length is part of its signature) instead of once per count.
+    """
     ntask = stack.shape[0]
     rows = tuple(stack[i] for i in range(ntask))
     th = tuple(np.float32(x) for x in np.asarray(thr, dtype=np.float32).reshape(ntask))
     w = tuple(np.float32(x) for x in np.asarray(weights, dtype=np.float32).reshape(ntask))
+    if pad_to is not None and pad_to > ntask:
+        zero = np.zeros(stack.shape[1], np.float32)
+        extra = pad_to - ntask
+        rows, th, w = rows + (zero,) * extra, th + (np.float32(0.0),) * extra, w + (np.float32(0.0),) * extra
     return rows, th, w

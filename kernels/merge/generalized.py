@@ -22,12 +22,13 @@ from kernels.merge.sparsify import dare_apply, trim_inplace
 
 
 def sparse_merge_into(stack: np.ndarray, out: np.ndarray, *, sparsify: str | None, density: float | None,
-                      weights, lam: float, consensus: bool, keys=None) -> np.ndarray:
+                      weights, lam: float, consensus: bool, keys=None, pad_to: int | None = None) -> np.ndarray:
     """Merge a C-contiguous [T, N] float32 stack of task deltas into out[N].
 
     `sparsify` None (or density None / >= 1 for "magnitude") keeps every entry. The stack is
     modified in place by "random" (drop and rescale) and by "magnitude" without consensus (trim);
-    `keys` are the per-task DARE stream keys. Returns out.
+    `keys` are the per-task DARE stream keys; `pad_to` (the merge's source count) gives the
+    consensus kernel one signature per merge (`fused.fused_args`). Returns out.
     """
     ntask = stack.shape[0]
     w = np.asarray(weights, dtype=np.float64)
@@ -38,7 +39,7 @@ def sparse_merge_into(stack: np.ndarray, out: np.ndarray, *, sparsify: str | Non
     elif sparsify == "magnitude" and density is not None and density < 1.0:
         thr = trim_thresholds(stack, density)
     if consensus:
-        ties_fused(*fused_args(stack, thr, w), float(lam), out)
+        ties_fused(*fused_args(stack, thr, w, pad_to), float(lam), out)
         return out
     if sparsify == "magnitude":
         for j in range(ntask):
@@ -47,8 +48,9 @@ def sparse_merge_into(stack: np.ndarray, out: np.ndarray, *, sparsify: str | Non
     return out
 
 
-def ties_into(stack: np.ndarray, density: float | None, weights, lam: float, out: np.ndarray) -> np.ndarray:
+def ties_into(stack: np.ndarray, density: float | None, weights, lam: float, out: np.ndarray,
+              pad_to: int | None = None) -> np.ndarray:
     """TIES over a [T, N] float32 stack into out[N] (the stack is only read); density None or
     >= 1 means no trim (as in DARE-TIES)."""
     return sparse_merge_into(stack, out, sparsify="magnitude", density=density, weights=weights, lam=lam,
-                             consensus=True)
+                             consensus=True, pad_to=pad_to)

@@ -54,6 +54,6 @@ def merge(sources, *, density, weights=None, lam=1.0, rank=None) -> MergeResult:
     density, w, lam, rank, params = check_sparse(len(prep.sources), density=density, weights=weights, lam=lam, rank=rank)
 
     def combine(key, idx, stack, out):
-        ties_into(stack, density, w[idx], lam, out)
+        ties_into(stack, density, w[idx], lam, out, pad_to=len(prep.sources))
 
     return dense_merge(prep, rank, NAME, params, combine)

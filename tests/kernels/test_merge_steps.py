@@ -76,3 +76,13 @@ def test_magnitude_prune_prunes_each_task_and_prune_merged_the_sum():
         a, b = res.modules["m"]
         np.testing.assert_allclose((b @ a).reshape(-1), ref(deltas, 0.3, [1.0, 0.5]), rtol=1e-4, atol=1e-4)
     assert not np.allclose(steps.magnitude_prune(deltas, 0.3, [1.0, 0.5]), steps.prune_merged(deltas, 0.3, [1.0, 0.5]))
+
+
+def test_padding_with_zero_tasks_changes_nothing():
+    """fused_args(pad_to=...) lets a merge compile the consensus kernel once; it must be exact."""
+    s = stack_of(11, 3, TILE + 9)
+    w = [1.0, 0.5, 2.0]
+    plain = fused(s, sparsify="magnitude", density=0.3, weights=w, lam=1.0, consensus=True)
+    padded = sparse_merge_into(s.copy(), np.empty(s.shape[1], np.float32), sparsify="magnitude", density=0.3,
+                               weights=w, lam=1.0, consensus=True, pad_to=5)
+    np.testing.assert_array_equal(plain, padded)
