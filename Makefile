@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export RUV_HOME ?= $(CURDIR)/.ruv
@@ -14,20 +15,25 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
+# `make run` installs the runtime only; the tests and benchmarks add their extras (PyTorch, PEFT).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,reference,capture,cluster]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,reference,capture,cluster]'
+	touch $(TEST_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/ruv run-all
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	bash scripts/test-deps.sh
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow and not e2e"
 
 # The five presets as roles on SmolLM2-135M-Instruct: captured, trained, merged, promoted (.demo/).
@@ -39,7 +45,7 @@ demo: $(STAMP)
 ui: $(STAMP)
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 # The multi-machine deployment on this machine (deploy/dagster.yaml): PostgreSQL, Redis, daemon,

@@ -35,7 +35,10 @@ import warnings  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kernels.merge import dense, merge  # noqa: E402
+from kernels.merge import merge  # noqa: E402
+from kernels.merge.fused import fused_args, ties_fused, weighted_sum_into
+from kernels.merge.select import trim_thresholds
+from kernels.merge.sparsify import dare_inplace, dare_key, keep_threshold, trim_inplace
 from kernels.merge.ties import ties_dense  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -202,20 +205,20 @@ def bench_streaming(rows):
     stack = rng.standard_normal((3, n), dtype=np.float32)
     out = np.empty(n, np.float32)
     w = np.ones(3, np.float32)
-    thr = dense.trim_thresholds(stack, 0.2)
-    fused = dense.fused_args(stack, thr, w)
+    thr = trim_thresholds(stack, 0.2)
+    fused = fused_args(stack, thr, w)
     x = np.empty_like(src)
-    key = np.uint64(dense.dare_key(0, 0, "layers.0.q_proj"))
-    kthr = dense.keep_threshold(0.5)
+    key = np.uint64(dare_key(0, 0, "layers.0.q_proj"))
+    kthr = keep_threshold(0.5)
 
     # name -> (bytes read + written, fn, untimed setup)
     cases = {
         "copy": (2 * nbytes, lambda: np.copyto(dst, src), None),
-        "DARE mask+rescale, in place": (2 * nbytes, lambda: dense.dare_inplace(x, 0.5, key, kthr),
+        "DARE mask+rescale, in place": (2 * nbytes, lambda: dare_inplace(x, 0.5, key, kthr),
                                         lambda: np.copyto(x, src)),
-        "TIES fused trim+elect+disjoint mean, 3 tasks": (4 * nbytes, lambda: dense.ties_fused(*fused, 1.0, out), None),
-        "linear combine (DARE linear), 3 tasks": (4 * nbytes, lambda: dense.weighted_sum_into(stack, w, out), None),
-        "trim, in place": (2 * nbytes, lambda: dense.trim_inplace(x, thr[0]), lambda: np.copyto(x, src)),
+        "TIES fused trim+elect+disjoint mean, 3 tasks": (4 * nbytes, lambda: ties_fused(*fused, 1.0, out), None),
+        "linear combine (DARE linear), 3 tasks": (4 * nbytes, lambda: weighted_sum_into(stack, w, out), None),
+        "trim, in place": (2 * nbytes, lambda: trim_inplace(x, thr[0]), lambda: np.copyto(x, src)),
     }
     times = alternating({k: (fn, setup) for k, (_, fn, setup) in cases.items()}, 25)
     t_copy = float(np.median(times["copy"]))
@@ -233,7 +236,7 @@ def bench_streaming(rows):
         print(f"{name}: {t * 1e3:.2f} ms, {bw / 1e9:.1f} GB/s = {100 * bw / bw_copy:.0f}% of copy (target >= 70%)",
               flush=True)
     # selection is not a streaming kernel (two histogram passes), shown for context
-    t_sel = median_time(lambda: dense.trim_thresholds(stack, 0.2), 9)
+    t_sel = median_time(lambda: trim_thresholds(stack, 0.2), 9)
     print(f"(selection, not streaming: trim thresholds of 3 x {n} entries: {t_sel * 1e3:.2f} ms)", flush=True)
 
 

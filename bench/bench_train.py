@@ -3,8 +3,8 @@
 One step = forward + backward of the quality-weighted MSE over all four modules + an Adam update,
 measured in the same run for:
 
-- numba: kernels.train's `_run_steps`, the loop `train` runs: per minibatch the fused gradient
-  kernel over all four modules (`_grad_step`) and the fused Adam update (`_update`), reading the
+- numba: kernels.train's `steps.run_steps`, the loop `train` runs: per minibatch the fused gradient
+  kernel over all four modules (`gradients.grad_step`) and the fused Adam update, reading the
   minibatch rows in place from the training arrays; timed 16 steps per call, reported per step;
 - torch: the same step written the ordinary way (autograd over `s * (x @ A.T) @ B.T - r`,
   `torch.optim.Adam`), on minibatches already sliced into contiguous tensors (gathering is not
@@ -39,8 +39,12 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from kernels import train as T
     from kernels.modules import lora_scale
+    from kernels.train import OPT_CODE, ModuleProblem
+    from kernels.train.evaluation import target_sqnorms
+    from kernels.train.bundles import Hyper
+    from kernels.train.steps import run_steps
+    from kernels.train.workspace import Workspace
 
     torch.set_num_threads(args.threads)
     n_pool, d, r, bs = 4096, 768, 16, args.batch
@@ -57,26 +61,20 @@ def main() -> None:
     batches = [np.sort(rng.permutation(n_pool)[:bs]).astype(np.int64) for _ in range(16)]
 
     # ---------------- numba
-    probs = [T.ModuleProblem(k, X if i < 3 else Xo, Rs[i], X[:8], Rs[i][:8]) for i, k in enumerate(keys)]
-    ws = T._Workspace(probs, A0, B0, s, bs, 8)
-    rsq = []
-    for p in probs:
-        rsq.append(np.empty(n_pool, np.float64))
-        T._row_sqnorms(p.R_train, rsq[-1])
-    kit = ws.kit([p.X_train for p in probs], [p.R_train for p in probs], rsq, ws.empty32, ws.empty32)
-    Fon = np.zeros_like(ws.W)
+    probs = [ModuleProblem(k, X if i < 3 else Xo, Rs[i], X[:8], Rs[i][:8]) for i, k in enumerate(keys)]
+    ws = Workspace(probs, A0, B0, s, bs, 8)
+    rsq = {id(p.R_train): target_sqnorms(p.R_train) for p in probs}
+    mods, gather = ws.gather(probs, rsq)
     order = np.concatenate(batches)  # 16 minibatches of 256 rows, as an epoch's shuffled order
     lrs = np.full(1_000_000, 1e-4)
-    hp = np.array([0.9, 0.999, 1e-8, 0.0, 0.0, 0.999, 0.0, 0.0])  # Adam, no EWC, no clipping
+    hyper = Hyper(OPT_CODE["adam"], 0.9, 0.999, 1e-8, 0.0, 0.0, 0.999, 0.0, 0.0)  # no EWC, no clipping
     state = {"step": 0}
 
     def numba_steps(b_from: int, b_to: int) -> float:
-        """Exactly what kernels.train.train runs for float32 data: `_run_steps` over minibatches
+        """Exactly what kernels.train.train runs for float32 data: `run_steps` over minibatches
         (per step: the fused gradient kernel for all modules, then the fused Adam update)."""
-        out = T._run_steps(*kit, ws.H, ws.RB, ws.WH, ws.U, ws.GH, ws.inv_out, ws.scale_arr, ws.roff, ws.goff,
-                           ws.loss_pm, ws.sq_rows, ws.pen_rows, ws.assign, ws.aoff, order, b_from, b_to, bs, q, lrs, state["step"],
-                           ws.W, ws.G, ws.M1, ws.M2, Fon, ws.empty32, ws.empty32, 1, hp, ws.c_lo, ws.c_hi, ws.c_mult,
-                           ws.offsets, ws.a_len, ws.loraplus)
+        out = run_steps(mods, ws.scratch, ws.layout, ws.state, hyper, gather, order, b_from, b_to, bs, q, lrs,
+                        state["step"])
         state["step"] = out[0]
         return out[1]
 

@@ -4,8 +4,12 @@ Streams keyed this way are bit-identical whatever the thread count or numpy vers
 why synthetic data, training shuffles, quality draws and DARE masks use it instead of np.random.
 """
 
+import zlib
+
 import numpy as np
 from numba import njit
+
+from kernels.finite import all_finite  # noqa: F401  (kept importable here for kernels.adapter)
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
 GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: the splitmix64 increment
@@ -27,11 +31,17 @@ def mix64_py(z: int) -> int:
     return z ^ (z >> 31)
 
 
-@njit(cache=True)
-def all_finite(flat):
-    """True when no value of a 1-D array is NaN or infinite (stops at the first bad one)."""
-    for i in range(flat.shape[0]):
-        v = flat[i]
-        if not (v == v and abs(v) < np.inf):
-            return False
-    return True
+def name_hash(name: str) -> int:
+    """FNV-1a 64 of a name's UTF-8 bytes: the same on every run and machine (unlike `hash()`).
+    Synthetic task streams derive from it."""
+    h = 0xCBF29CE484222325
+    for b in name.encode("utf-8"):
+        h = ((h ^ b) * 0x100000001B3) & MASK64
+    return h
+
+
+def name_crc32(name: str) -> int:
+    """CRC-32 of a name's UTF-8 bytes: the 32-bit name hash that preset seeds, adapter
+    initialisation and DARE stream keys derive from (kept so that stored artefacts keep their
+    data versions; `name_hash` is the 64-bit one)."""
+    return zlib.crc32(name.encode("utf-8"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from kernels.fastmath import FASTMATH
+
 
 @njit(cache=True)
 def forward_batch_into(X, A, B, scale, tmp, out):
@@ -22,11 +24,7 @@ def forward_batch_into(X, A, B, scale, tmp, out):
     return out
 
 
-# Reassociation lets LLVM vectorise the dot-product reductions; no nnan/ninf, so NaN propagates.
-_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
-
-
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def forward_vector_into(x, A, B, scale, tmp, out):
     """out[out] = scale * B @ (A @ x), explicit vectorisable loops: no BLAS dispatch at this size."""
     r, n_in = A.shape
@@ -44,7 +42,7 @@ def forward_vector_into(x, A, B, scale, tmp, out):
     return out
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def forward_stacked_into(X, A, Bt, scale, tmp, out):
     """Same-shaped modules in one call, B pre-transposed: out[m] = scale * Bt[m].T @ (A[m] @ X[m]).
 

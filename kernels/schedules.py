@@ -49,7 +49,9 @@ def schedule_name(schedule: str) -> str:
     return name
 
 
-def _resolve(schedule: str, total_steps: int, base_lr: float, warmup_steps: int, params: dict):
+def resolve_schedule(schedule: str, total_steps: int, base_lr: float, warmup_steps: int, params: dict):
+    """Check a schedule and its parameters; return (name, warmup, step size, parameters with
+    defaults filled in). Raises ValueError naming the bad parameter."""
     name = schedule_name(schedule)
     unknown = set(params) - set(DEFAULT_PARAMS)
     if unknown:
@@ -104,7 +106,7 @@ def _after_warmup(name: str, t: int, total: int, w: int, base: float, step_size:
 
 def lr_at(schedule: str, step: int, total_steps: int, base_lr: float, warmup_steps: int = 0, **params) -> float:
     """Learning rate at 0-based `step` of a run of `total_steps` (see the module docstring)."""
-    name, w, step_size, p = _resolve(schedule, total_steps, base_lr, warmup_steps, params)
+    name, w, step_size, p = resolve_schedule(schedule, total_steps, base_lr, warmup_steps, params)
     t = min(max(int(step), 0), int(total_steps) - 1)
     if t < w:
         peak = _after_warmup(name, w, total_steps, w, base_lr, step_size, p)
@@ -144,7 +146,7 @@ def _table(code, total, w, base, m, gamma, step_size, pct, div, final_div):
 
 def lr_table(schedule: str, total_steps: int, base_lr: float, warmup_steps: int = 0, **params) -> np.ndarray:
     """Learning rate of every step of the run: float64 [total_steps]."""
-    name, w, step_size, p = _resolve(schedule, total_steps, base_lr, warmup_steps, params)
+    name, w, step_size, p = resolve_schedule(schedule, total_steps, base_lr, warmup_steps, params)
     return _table(_CODES[name], int(total_steps), w, float(base_lr), float(p["min_lr_ratio"]),
                   float(p["gamma"]), step_size, float(p["pct_start"]), float(p["div_factor"]),
                   float(p["final_div_factor"]))

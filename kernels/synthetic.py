@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from kernels.hashing import all_finite as _all_finite
+from kernels.fastmath import FASTMATH_APPROX
 from kernels.hashing import mix64 as _mix64
+from kernels.hashing import name_hash as stable_hash
 from kernels.hashing import mix64_py as _mix_py
 from kernels.modules import ALL_MODULES, INPUT_KIND, module_shape
 from kernels.quality import quality_scores
@@ -71,14 +72,6 @@ _UNIFORM, _TRIANGULAR, _SPARSE, _PEAKED = 0, 1, 2, 3
 
 # ----------------------------------------------------------------------------------------------
 # hashing
-
-
-def stable_hash(text: str) -> int:
-    """FNV-1a 64 of the UTF-8 bytes: the same on every run and machine (unlike `hash()`)."""
-    h = 0xCBF29CE484222325
-    for b in text.encode("utf-8"):
-        h = ((h ^ b) * 0x100000001B3) & _MASK
-    return h
 
 
 def _derive(*parts: int) -> int:
@@ -206,7 +199,7 @@ def _latents(zb, key, family, sparsity, amp, off):
                     row[2 * h + 1] = a * (z1 + b)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH_APPROX)
 def _fill_inputs(X, zb, group, s):
     """x_ij = s_j * zb[i, c(j)]  (= a_i * s_j * (z_{i,c(j)} + b_i))."""
     n, d = X.shape
@@ -257,7 +250,7 @@ def _truth_factors(d_in, d_out, k, group, s, S, key, truth_scale):
     return Ut, V, G
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=FASTMATH_APPROX)
 def _fill_targets(R, Ut, G, zb, sigma, key, T):
     """R = (V x) U^T + uniform noise of std sigma_i, each row written in as few passes as possible.
 
@@ -569,102 +562,3 @@ def generate_task(
         noise=float(noise), inputs=inputs, targets=out_targets, truth=truth, quality=quality,
         noise_std=noise_std, noise_floor=noise_floor, train_idx=train_idx, val_idx=val_idx, profile=prof,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# user data
-
-
-def _finite(arr: np.ndarray) -> bool:
-    a = np.ascontiguousarray(arr).reshape(-1)
-    if a.dtype == np.float16:
-        a = a.view(np.uint16)
-        return not bool(np.any((a & 0x7C00) == 0x7C00))
-    if a.dtype.kind != "f":
-        return True
-    return bool(_all_finite(a))
-
-
-def validate_user_data(
-    inputs: dict[str, np.ndarray],
-    targets: dict[str, np.ndarray],
-    quality: np.ndarray | None,
-    hidden_size: int,
-    intermediate_size: int,
-) -> list[str]:
-    """Check user arrays against the geometry; return a list of errors, each naming the tensor.
-
-    inputs "layers.{i}.{kind}" -> [n, in]; targets "layers.{i}.{module}" -> [n, out]; quality [n] in
-    [0, 1] or None. Checked: known module and kind names, every target has its input, 2-D shapes
-    matching module_shape, one row count n >= 1 everywhere, float dtype, finite values. Empty list = ok.
-    """
-    errors: list[str] = []
-    dims = {"hidden": hidden_size, "attn_out": hidden_size, "mlp_act": intermediate_size}
-    if not targets:
-        errors.append("targets: no target tensors given")
-    rows: dict[str, int] = {}
-
-    def check_array(name: str, arr, width: int) -> None:
-        a = np.asarray(arr)
-        if a.dtype.kind != "f":
-            errors.append(f"{name}: dtype {a.dtype} is not a floating type")
-            return
-        if a.ndim != 2:
-            errors.append(f"{name}: expected a 2-D array [n, {width}], got shape {tuple(a.shape)}")
-            return
-        if a.shape[1] != width:
-            errors.append(f"{name}: expected {width} columns, got shape {tuple(a.shape)}")
-        if a.shape[0] == 0:
-            errors.append(f"{name}: is empty (0 rows)")
-        rows[name] = a.shape[0]
-        if a.size and not _finite(a):
-            errors.append(f"{name}: contains NaN or infinite values")
-
-    def parse(key: str) -> tuple[int, str] | None:
-        parts = key.split(".")
-        if len(parts) != 3 or parts[0] != "layers" or not parts[1].isdigit():
-            return None
-        return int(parts[1]), parts[2]
-
-    for key, arr in inputs.items():
-        p = parse(key)
-        if p is None or p[1] not in dims:
-            errors.append(f"{key}: input key must be 'layers.<i>.<kind>' with kind in {', '.join(INPUT_KINDS)}")
-            continue
-        check_array(key, arr, dims[p[1]])
-    for key, arr in targets.items():
-        p = parse(key)
-        if p is None or p[1] not in INPUT_KIND:
-            errors.append(f"{key}: target key must be 'layers.<i>.<module>' with module in {', '.join(ALL_MODULES)}")
-            continue
-        layer, module = p
-        d_in, d_out = module_shape(module, hidden_size, intermediate_size)
-        in_key = f"layers.{layer}.{INPUT_KIND[module]}"
-        if in_key not in inputs:
-            errors.append(f"{key}: needs input {in_key}, which is missing")
-        check_array(key, arr, d_out)
-    if quality is not None:
-        qa = np.asarray(quality)
-        if qa.ndim != 1:
-            errors.append(f"quality: expected a 1-D array [n], got shape {tuple(qa.shape)}")
-        elif qa.dtype.kind != "f":
-            errors.append(f"quality: dtype {qa.dtype} is not a floating type")
-        else:
-            rows["quality"] = qa.shape[0]
-            if not _finite(qa):
-                errors.append("quality: contains NaN or infinite values")
-            elif qa.size and (qa.min() < 0.0 or qa.max() > 1.0):
-                errors.append(f"quality: values must lie in [0, 1], got [{qa.min():.4g}, {qa.max():.4g}]")
-    if rows:
-        counts = set(rows.values())
-        if len(counts) > 1:
-            detail = ", ".join(f"{k}={v}" for k, v in sorted(rows.items()))
-            errors.append(f"row counts differ between tensors: {detail}")
-    return errors
-
-
-def check_user_data(inputs, targets, quality, hidden_size: int, intermediate_size: int) -> None:
-    """`validate_user_data`, raising ValueError with every error (one per line) if any."""
-    errors = validate_user_data(inputs, targets, quality, hidden_size, intermediate_size)
-    if errors:
-        raise ValueError("invalid training data:\n" + "\n".join(errors))

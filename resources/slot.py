@@ -73,6 +73,7 @@ from pathlib import Path
 from resources.errors import AdapterFormatError, StoreError
 from resources.peft_format import CONFIG_NAME, GEOMETRY_FIELDS as _GEOMETRY_FIELDS, WEIGHTS_NAME, LoadedAdapter, full_geometry, load_adapter
 from resources.store import check_name, fsync_dir
+from resources.store import sha256_and_size as _sha256_and_size
 
 VERSIONS = "versions"
 ACTIVE = "active"
@@ -114,6 +115,11 @@ def _checkpoint(point: str) -> None:
 # Names and manifests
 
 
+def is_version_name(name: str) -> bool:
+    """Whether `name` has the form of a slot version directory (<generation>-<hash12>)."""
+    return isinstance(name, str) and _VERSION_RE.match(name) is not None
+
+
 def parse_version(name: str) -> tuple[int, str]:
     """`00000017-0123456789ab` -> `(17, "0123456789ab")`; anything else is refused."""
     match = _VERSION_RE.match(name) if isinstance(name, str) else None
@@ -151,16 +157,6 @@ def read_manifest(version_dir: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise SlotError(f"{path}: not a slot manifest (no 'files' table)")
     return manifest
-
-
-def _sha256_and_size(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def check_version(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernels.adapter import LoraAdapter
-from resources.slot import ACTIVE, VERSIONS, SlotError, _VERSION_RE, check_version, parse_version
+from resources.slot import ACTIVE, VERSIONS, SlotError, check_version, is_version_name, parse_version
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class SlotReader:
 
     def _version_of(self, target: str) -> str:
         head, _, name = target.partition("/")
-        if head != VERSIONS or not _VERSION_RE.match(name):
+        if head != VERSIONS or not is_version_name(name):
             raise SlotError(f"{self._active} -> {target!r}: not a link into {VERSIONS}/")
         return name
 

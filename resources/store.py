@@ -67,12 +67,19 @@ def hash_directory(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
+def sha256_and_size(path: Path) -> tuple[str, int]:
+    """sha256 (hex) of a file's bytes and how many bytes were hashed, in one read."""
     digest = hashlib.sha256()
+    size = 0
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+        while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sha256_file(path: Path) -> str:
+    return sha256_and_size(path)[0]
 
 
 def fsync_tree(path: Path) -> None:

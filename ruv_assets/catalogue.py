@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from contextlib import contextmanager
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,7 @@ from ruv_assets.config import AdapterName, LoraConfig, ModelGeometry
 from ruv_assets.presets import PRESETS
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
-MergeMethod = Literal["average", "weighted", "task_arithmetic", "slerp", "ties", "dare", "magnitude_prune"]
+MergeMethod = Literal["average", "weighted", "task_arithmetic", "slerp", "ties", "dare", "magnitude_prune", "prune_merged"]
 
 
 class CatalogueError(ValueError):
@@ -57,7 +58,7 @@ class CompositeConfig(BaseModel):
                 raise ValueError(f"slerp merges exactly two adapters, got {len(self.sources)}")
             if self.t is None:
                 raise ValueError("slerp needs t in [0, 1]")
-        if self.method in ("ties", "dare", "magnitude_prune") and self.density is None:
+        if self.method in ("ties", "dare", "magnitude_prune", "prune_merged") and self.density is None:
             raise ValueError(f"{self.method} needs density in (0, 1]")
         from kernels.merge import METHOD_PARAMS, REQUIRED_PARAMS  # the kernels' registry says what each method takes
 
@@ -256,9 +257,26 @@ def _cached(path: str | None, stamp: tuple[int, int] | None = None) -> Catalogue
     return load_catalogue(path)
 
 
+_handed_in: list[Catalogue] = []
+
+
+@contextmanager
+def using_catalogue(catalogue: Catalogue):
+    """Within the block, `current_catalogue()` is `catalogue` (a catalogue handed in, e.g. an
+    edited copy in a test) instead of the file's."""
+    _handed_in.append(catalogue)
+    try:
+        yield catalogue
+    finally:
+        _handed_in.pop()
+
+
 def current_catalogue() -> Catalogue:
-    """The catalogue named by `RUV_CATALOGUE` (or the shipped one), read again when the file
-    changes, so long-lived processes (daemon, workers) see an edited catalogue without a reload."""
+    """The catalogue handed in by `using_catalogue`, else the one named by `RUV_CATALOGUE` (or the
+    shipped one), read again when the file changes, so long-lived processes (daemon, workers) see
+    an edited catalogue without a reload."""
+    if _handed_in:
+        return _handed_in[-1]
     path = os.environ.get("RUV_CATALOGUE") or None
     try:
         info = os.stat(path or DEFAULT_CATALOGUE)

@@ -1,7 +1,7 @@
 """Stable seeds derived from names (Python's hash() changes between processes)."""
 
-import zlib
+from kernels.hashing import name_crc32
 
 
 def stable_seed(name: str) -> int:
-    return zlib.crc32(name.encode())
+    return name_crc32(name)

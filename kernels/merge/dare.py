@@ -3,7 +3,7 @@
 Each source's dense delta keeps every entry independently with probability `density` and the
 kept entries are divided by `density`, so the delta is unchanged in expectation. The mask is a
 pure function of (seed, source index, module key, entry index) -- a SplitMix64 stream, see
-`kernels.merge.dense.dare_mask` -- so it is fixed by the seed whatever the thread count.
+`kernels.merge.sparsify.dare_mask` -- so it is fixed by the seed whatever the thread count.
 Then `dare_combine="linear"`: lam * sum_i w_i * dare(delta_i) (task arithmetic), or `"ties"`:
 sign election and disjoint mean over the dropped-and-rescaled deltas, without TIES' magnitude
 trim (as PEFT's `dare_ties` and mergekit do), times lam.
@@ -13,34 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.merge import dense
-from kernels.merge.core import (
-    MergeError,
-    MergeResult,
-    check_density,
-    check_lam,
-    check_rank,
-    check_seed,
-    check_weights,
-    dense_merge,
-    prepare,
-)
+from kernels.merge.assemble import dense_merge
+from kernels.merge.generalized import sparse_merge_into
+from kernels.merge.params import check_combine, check_density, check_lam, check_seed, check_sparse, check_weights
+from kernels.merge.result import MergeError, MergeResult
+from kernels.merge.sources import prepare
+from kernels.merge.sparsify import dare_key, dare_mask
 
 NAME = "dare"
 PARAMS = ("density", "weights", "lam", "seed", "dare_combine", "rank")
 REQUIRED = ("density",)
-COMBINES = ("linear", "ties")
-
-
-def check_combine(dare_combine) -> str:
-    if dare_combine not in COMBINES:
-        raise MergeError(f"dare_combine: must be one of {', '.join(COMBINES)}, got {dare_combine!r}")
-    return dare_combine
-
-
 def mask_for(seed: int, source_index: int, module_key: str, n: int, density: float) -> np.ndarray:
     """The keep mask DARE applies to source `source_index`'s delta of `module_key` (n entries)."""
-    return dense.dare_mask(n, density, dense.dare_key(seed, source_index, module_key))
+    return dare_mask(n, density, dare_key(seed, source_index, module_key))
 
 
 def dare_dense(deltas: np.ndarray, density: float, keys, *, weights=None, lam: float = 1.0,
@@ -67,30 +52,22 @@ def dare_dense(deltas: np.ndarray, density: float, keys, *, weights=None, lam: f
     return out
 
 
-def _combine(stack, density, keys, w, lam, combine, out):
-    for j in range(stack.shape[0]):
-        dense.dare_apply(stack[j], density, keys[j])
-    if combine == "linear":
-        dense.weighted_sum_into(stack, (lam * np.asarray(w, dtype=np.float64)).astype(np.float32), out)
-    else:
-        dense.ties_into(stack, None, w, lam, out)
+def _combine(stack, density, keys, w, lam, combine, out, pad_to=None):
+    sparse_merge_into(stack, out, sparsify="random", density=density, weights=w, lam=lam,
+                      consensus=combine == "ties", keys=keys, pad_to=pad_to)
 
 
 def merge(sources, *, density, weights=None, lam=1.0, seed=0, dare_combine="linear",
           rank=None) -> MergeResult:
     """DARE each source's delta per module (seeded), combine, truncate to `rank`."""
     prep = prepare(sources, method=NAME)
-    density = check_density(density)
-    lam = check_lam(lam)
+    density, w, lam, rank, params = check_sparse(len(prep.sources), density=density, weights=weights, lam=lam, rank=rank)
     seed = check_seed(seed)
     combine = check_combine(dare_combine)
-    rank = check_rank(rank)
-    w = check_weights(weights, len(prep.sources), default=1.0)
 
     def run(key, idx, stack, out):
-        keys = [dense.dare_key(seed, i, key) for i in idx]
-        _combine(stack, density, keys, w[idx], lam, combine, out)
+        keys = [dare_key(seed, i, key) for i in idx]
+        _combine(stack, density, keys, w[idx], lam, combine, out, pad_to=len(prep.sources))
 
-    params = {"density": density, "weights": [float(x) for x in w], "lam": lam, "seed": seed,
-              "dare_combine": combine}
+    params.update(seed=seed, dare_combine=combine)
     return dense_merge(prep, rank, NAME, params, run)

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import math
 
-from kernels.merge.core import (
-    MergeResult,
-    Prepared,
-    check_rank,
-    check_t,
-    linear_merge,
-    lowrank_inner,
-    prepare,
-)
+from kernels.merge.assemble import linear_merge
+from kernels.merge.lowrank import lowrank_inner
+from kernels.merge.params import check_rank, check_t
+from kernels.merge.result import MergeResult
+from kernels.merge.sources import Prepared, prepare
 
 NAME = "slerp"
 PARAMS = ("t", "rank")

@@ -6,7 +6,10 @@ the whole task vector. Linear, hence exact at the summed rank.
 
 from __future__ import annotations
 
-from kernels.merge.core import MergeResult, check_lam, check_rank, check_weights, linear_merge, prepare
+from kernels.merge.assemble import linear_merge
+from kernels.merge.params import check_lam, check_rank, check_weights
+from kernels.merge.result import MergeResult
+from kernels.merge.sources import prepare
 
 NAME = "task_arithmetic"
 PARAMS = ("weights", "lam", "rank")

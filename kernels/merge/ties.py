@@ -15,17 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.merge import dense
-from kernels.merge.core import (
-    MergeError,
-    MergeResult,
-    check_density,
-    check_lam,
-    check_rank,
-    check_weights,
-    dense_merge,
-    prepare,
-)
+from kernels.merge.assemble import dense_merge
+from kernels.merge.generalized import ties_into
+from kernels.merge.params import check_density, check_lam, check_sparse, check_weights
+from kernels.merge.result import MergeError, MergeResult
+from kernels.merge.sources import prepare
 
 NAME = "ties"
 PARAMS = ("density", "weights", "lam", "rank")
@@ -49,7 +43,7 @@ def ties_dense(deltas: np.ndarray, density: float, weights=None, lam: float = 1.
         out = np.empty(d.shape[1:], dtype=np.float32)
     elif out.shape != d.shape[1:] or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise MergeError(f"out: expected a C-contiguous float32 array of shape {d.shape[1:]}")
-    dense.ties_into(stack, density, w, lam, out.reshape(-1))
+    ties_into(stack, density, w, lam, out.reshape(-1))
     return out
 
 
@@ -57,13 +51,9 @@ def merge(sources, *, density, weights=None, lam=1.0, rank=None) -> MergeResult:
     """TIES-merge the sources' deltas per module, then truncate to `rank` (default: the summed
     source rank, capped by the module's shape)."""
     prep = prepare(sources, method=NAME)
-    density = check_density(density)
-    lam = check_lam(lam)
-    rank = check_rank(rank)
-    w = check_weights(weights, len(prep.sources), default=1.0)
+    density, w, lam, rank, params = check_sparse(len(prep.sources), density=density, weights=weights, lam=lam, rank=rank)
 
     def combine(key, idx, stack, out):
-        dense.ties_into(stack, density, w[idx], lam, out)
+        ties_into(stack, density, w[idx], lam, out, pad_to=len(prep.sources))
 
-    params = {"density": density, "weights": [float(x) for x in w], "lam": lam}
     return dense_merge(prep, rank, NAME, params, combine)

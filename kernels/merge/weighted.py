@@ -6,7 +6,10 @@ proportions and are rejected. Linear, hence exact at the summed rank.
 
 from __future__ import annotations
 
-from kernels.merge.core import MergeError, MergeResult, check_rank, check_weights, linear_merge, prepare
+from kernels.merge.assemble import linear_merge
+from kernels.merge.params import check_rank, check_weights
+from kernels.merge.result import MergeError, MergeResult
+from kernels.merge.sources import prepare
 
 NAME = "weighted"
 PARAMS = ("weights", "rank")

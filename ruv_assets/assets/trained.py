@@ -23,15 +23,14 @@ from dagster import (
     Output,
     asset,
 )
-from safetensors.numpy import load_file
 
-from resources.safetensors_io import save_file_deterministic
 
 from kernels.adapter import LoraAdapter
 from kernels.train import EwcState, train
 from resources.dagster_resources import StoreResource
 from resources.dataset_format import check_dataset, load_dataset
 from resources.errors import StoreError
+from resources.ewc_format import load_ewc_state, save_ewc_state
 from resources.peft_format import load_adapter, save_adapter
 from resources.store import StoredObject
 from ruv_assets import versions
@@ -44,7 +43,6 @@ from ruv_assets.resources import GeometryResource
 from ruv_assets.worker import where_it_ran
 from ruv_assets.training_config import TrainingConfig
 
-STATE_NAME = "training_state.safetensors"
 HISTORY_NAME = "history.json"
 NOISE_FLOOR_TOLERANCE = 0.25  # promotion gate: val loss at most 25% above the noise floor
 
@@ -69,15 +67,7 @@ def previous_version(store, name: str, spec) -> tuple[LoraAdapter, EwcState | No
     if loaded.adapter.spec != spec:
         return None
     adapter = loaded.adapter.astype(np.float32)
-    state_file = last.path / STATE_NAME
-    fisher = load_file(str(state_file)) if state_file.is_file() else {}
-    ewc = EwcState(
-        A={k: adapter.A[k].copy() for k in adapter.keys()},
-        B={k: adapter.B[k].copy() for k in adapter.keys()},
-        fisher={k: (fisher.get(f"fisher_A.{k}", np.zeros_like(adapter.A[k])), fisher.get(f"fisher_B.{k}", np.zeros_like(adapter.B[k])))
-                for k in adapter.keys()},
-    )
-    return adapter, ewc, last.data_version
+    return adapter, load_ewc_state(last.path, adapter.A, adapter.B), last.data_version
 
 
 @asset(
@@ -159,9 +149,7 @@ def trained_adapter(
 
     def write(directory):
         save_adapter(stored_adapter, directory, metadata=metadata.model_dump(mode="json"), dtype=dtype)
-        fisher = {f"fisher_A.{k}": np.ascontiguousarray(v[0], np.float32) for k, v in result.fisher.items()}
-        fisher.update({f"fisher_B.{k}": np.ascontiguousarray(v[1], np.float32) for k, v in result.fisher.items()})
-        save_file_deterministic(fisher, directory / STATE_NAME, metadata={"format": "ruv-ewc"})
+        save_ewc_state(directory, result.fisher)
         (directory / HISTORY_NAME).write_text(json.dumps(result.history, indent=1) + "\n")
 
     finite = stored_adapter.is_finite()

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR", help="adapter directories in PEFT layout")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="new directory for the merged adapter")
     parser.add_argument("--weights", type=_floats, help="comma-separated weights, one per adapter")
-    parser.add_argument("--density", type=float, help="ties/dare/magnitude_prune: fraction kept, in (0, 1]")
+    parser.add_argument("--density", type=float, help="ties/dare/magnitude_prune/prune_merged: fraction kept, in (0, 1]")
     parser.add_argument("--lambda", dest="lam", type=float, default=1.0, help="scaling of the merged delta (default 1)")
     parser.add_argument("--t", type=float, help="slerp: interpolation in [0, 1]")
     parser.add_argument("--rank", type=int, help="compress the result to this rank (truncated SVD)")

@@ -4,7 +4,7 @@ numpy's SVD, on tall, wide, rank-deficient and zero deltas."""
 import numpy as np
 import pytest
 
-from kernels.merge.core import truncate_dense
+from kernels.merge.lowrank import truncate_dense
 
 
 def best_rank_k(d, k):

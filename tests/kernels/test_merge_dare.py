@@ -4,7 +4,8 @@ SplitMix64, drop-and-rescale, the linear and TIES combines, and its statistics."
 import numpy as np
 import pytest
 
-from kernels.merge import dense, merge
+from kernels.merge import merge
+from kernels.merge.sparsify import TILE, dare_apply, dare_key, dare_mask
 from kernels.merge.dare import dare_dense, mask_for
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -45,9 +46,9 @@ def dare_ref(deltas, density, masks, weights, lam, combine):
 
 @pytest.mark.parametrize("density", [0.1, 0.5, 0.9, 1.0])
 def test_mask_matches_independent_splitmix(density):
-    key = dense.dare_key(7, 2, "layers.3.up_proj")
-    for n in (1, 5, dense.TILE + 3, 50_000):
-        np.testing.assert_array_equal(dense.dare_mask(n, density, key), splitmix_mask_ref(n, density, key))
+    key = dare_key(7, 2, "layers.3.up_proj")
+    for n in (1, 5, TILE + 3, 50_000):
+        np.testing.assert_array_equal(dare_mask(n, density, key), splitmix_mask_ref(n, density, key))
 
 
 def test_mask_is_fixed_by_seed_and_differs_across_tensors():
@@ -60,9 +61,9 @@ def test_mask_is_fixed_by_seed_and_differs_across_tensors():
 
 def test_fixed_seed_regression():
     """Pins the stream so a refactor cannot silently change which entries a seed keeps."""
-    key = dense.dare_key(1234, 0, "layers.0.q_proj")
+    key = dare_key(1234, 0, "layers.0.q_proj")
     assert key == KEY_1234
-    bits = np.packbits(dense.dare_mask(64, 0.5, key)).tobytes().hex()
+    bits = np.packbits(dare_mask(64, 0.5, key)).tobytes().hex()
     assert bits == MASK_1234
 
 
@@ -71,7 +72,7 @@ def test_fixed_seed_regression():
 def test_dare_dense_matches_reference(combine, density):
     rng = np.random.default_rng(0)
     d = rng.standard_normal((3, 40, 30)).astype(np.float32)
-    keys = [dense.dare_key(5, i, "m") for i in range(3)]
+    keys = [dare_key(5, i, "m") for i in range(3)]
     masks = [splitmix_mask_ref(1200, density, k) for k in keys]
     w = [1.0, 0.5, -0.25]
     ref = dare_ref(d, density, masks, w, 0.8, combine)
@@ -83,7 +84,7 @@ def test_dare_apply_is_in_place_drop_and_rescale():
     rng = np.random.default_rng(1)
     x = rng.standard_normal(10_000).astype(np.float32)
     y = x.copy()
-    out = dense.dare_apply(y, 0.25, 99)
+    out = dare_apply(y, 0.25, 99)
     assert out is y
     m = splitmix_mask_ref(x.size, 0.25, 99)
     np.testing.assert_array_equal(y, np.where(m, x / np.float32(0.25), np.float32(0)))
@@ -93,14 +94,14 @@ def test_dare_statistics():
     """Keep fraction ~ density; rescaling keeps the sum unbiased."""
     n = 1_000_000
     for density in (0.1, 0.5, 0.9):
-        m = dense.dare_mask(n, density, dense.dare_key(3, 0, "x"))
+        m = dare_mask(n, density, dare_key(3, 0, "x"))
         sd = np.sqrt(density * (1 - density) / n)
         assert abs(m.mean() - density) < 5 * sd
     x = np.ones(n, np.float32)
-    dense.dare_apply(x, 0.3, dense.dare_key(4, 0, "x"))
+    dare_apply(x, 0.3, dare_key(4, 0, "x"))
     assert abs(x.mean() - 1.0) < 5 * np.sqrt(0.7 / 0.3 / n)
     # independent entries: no correlation between neighbours
-    m = dense.dare_mask(n, 0.5, 42).astype(np.float64)
+    m = dare_mask(n, 0.5, 42).astype(np.float64)
     assert abs(np.corrcoef(m[:-1], m[1:])[0, 1]) < 5 / np.sqrt(n)
 
 
@@ -132,7 +133,7 @@ def test_merge_dare_matches_reference_with_missing_module(combine):
     for key, (o, i) in shapes.items():
         idx = [j for j, s in enumerate(srcs) if key in s]
         deltas = np.stack([(np.float32(srcs[j][key][2]) * srcs[j][key][1]) @ srcs[j][key][0] for j in idx])
-        masks = [splitmix_mask_ref(o * i, 0.6, dense.dare_key(21, j, key)) for j in idx]
+        masks = [splitmix_mask_ref(o * i, 0.6, dare_key(21, j, key)) for j in idx]
         ref = dare_ref(deltas, 0.6, masks, [w[j] for j in idx], 0.9, combine)
         a, b = res.modules[key]
         np.testing.assert_allclose(b.astype(np.float64) @ a, ref, rtol=1e-4, atol=1e-5)

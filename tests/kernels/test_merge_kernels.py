@@ -5,7 +5,11 @@ import numba
 import numpy as np
 import pytest
 
-from kernels.merge import dense
+from kernels.merge import steps
+from kernels.merge.fused import fused_args, ties_fused, weighted_sum_into
+from kernels.merge.generalized import ties_into
+from kernels.merge.select import kth_largest_abs, trim_thresholds
+from kernels.merge.sparsify import TILE, dare_apply, trim_inplace, trim_threshold
 
 
 def kth_ref(x, k):
@@ -18,22 +22,22 @@ def test_kth_largest_abs_matches_sort(n):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * rng.choice([1e-30, 1e-3, 1.0, 1e6], n)).astype(np.float32)
     for k in sorted({1, max(1, n // 3), max(1, n // 2), n - 1, n} - {0}):
-        assert dense.kth_largest_abs(x, k) == np.float32(kth_ref(x, k))
+        assert kth_largest_abs(x, k) == np.float32(kth_ref(x, k))
 
 
 def test_kth_largest_abs_with_ties_zeros_and_signed_zero():
     x = np.array([0.0, -0.0, 1.0, -1.0, 1.0, 2.0, -2.0, 0.5, 0.0], np.float32)
-    assert dense.kth_largest_abs(x, 1) == 2.0
-    assert dense.kth_largest_abs(x, 2) == 2.0
-    assert dense.kth_largest_abs(x, 3) == 1.0
-    assert dense.kth_largest_abs(x, 6) == 0.5
-    assert dense.kth_largest_abs(x, 7) == 0.0
-    assert dense.kth_largest_abs(x, 0) == np.inf
-    assert dense.kth_largest_abs(x, 9) == 0.0
-    assert dense.kth_largest_abs(x, 50) == 0.0
+    assert kth_largest_abs(x, 1) == 2.0
+    assert kth_largest_abs(x, 2) == 2.0
+    assert kth_largest_abs(x, 3) == 1.0
+    assert kth_largest_abs(x, 6) == 0.5
+    assert kth_largest_abs(x, 7) == 0.0
+    assert kth_largest_abs(x, 0) == np.inf
+    assert kth_largest_abs(x, 9) == 0.0
+    assert kth_largest_abs(x, 50) == 0.0
     # subnormals sort correctly by bits
     y = np.array([1e-45, 1e-44, 1e-40, 0.0], np.float32)
-    assert dense.kth_largest_abs(y, 2) == np.sort(np.abs(y))[::-1][1]
+    assert kth_largest_abs(y, 2) == np.sort(np.abs(y))[::-1][1]
 
 
 def test_trim_keeps_top_k_exactly_without_ties():
@@ -41,7 +45,7 @@ def test_trim_keeps_top_k_exactly_without_ties():
     x = rng.standard_normal(10001).astype(np.float32)
     k = int(0.3 * x.size)
     y = x.copy()
-    dense.trim_inplace(y, dense.trim_threshold(y, 0.3))
+    trim_inplace(y, trim_threshold(y, 0.3))
     assert np.count_nonzero(y) == k
     top = np.argsort(-np.abs(x))[:k]
     np.testing.assert_array_equal(np.sort(np.flatnonzero(y)), np.sort(top))
@@ -49,19 +53,17 @@ def test_trim_keeps_top_k_exactly_without_ties():
 
 def test_fused_equals_composition_of_steps():
     rng = np.random.default_rng(1)
-    t, n = 4, 3 * dense.TILE + 123  # crosses tile and chunk boundaries
+    t, n = 4, 3 * TILE + 123  # crosses tile and chunk boundaries
     stack = rng.standard_normal((t, n)).astype(np.float32)
     w = np.array([1.0, 0.5, 2.0, 0.25], np.float32)
-    thr = np.array([dense.trim_threshold(stack[i], 0.3) for i in range(t)], np.float32)
+    thr = np.array([trim_threshold(stack[i], 0.3) for i in range(t)], np.float32)
     out = np.empty(n, np.float32)
-    dense.ties_fused(*dense.fused_args(stack, thr, w), 1.3, out)
+    ties_fused(*fused_args(stack, thr, w), 1.3, out)
     trimmed = stack.copy()
     for i in range(t):
-        dense.trim_inplace(trimmed[i], thr[i])
-    sign = np.empty(n, np.float32)
-    dense.elect_sign(trimmed, sign)
-    out2 = np.empty(n, np.float32)
-    dense.disjoint_mean(trimmed, sign, w, 1.3, out2)
+        trim_inplace(trimmed[i], thr[i])
+    sign = steps.elect_sign(trimmed)
+    out2 = np.float32(1.3) * steps.disjoint_merge(trimmed, w, sign)
     np.testing.assert_allclose(out, out2, rtol=1e-6, atol=1e-7)
     # and the sign kernel is the summed-mass rule
     np.testing.assert_array_equal(sign, np.where(trimmed.sum(0) >= 0, 1.0, -1.0).astype(np.float32))
@@ -71,7 +73,7 @@ def test_weighted_sum_into():
     rng = np.random.default_rng(2)
     stack = rng.standard_normal((3, 10000)).astype(np.float32)
     out = np.empty(10000, np.float32)
-    dense.weighted_sum_into(stack, np.array([0.5, -1.0, 2.0]), out)
+    weighted_sum_into(stack, np.array([0.5, -1.0, 2.0]), out)
     np.testing.assert_allclose(out, 0.5 * stack[0] - stack[1] + 2.0 * stack[2], rtol=1e-5, atol=1e-6)
 
 
@@ -84,10 +86,10 @@ def test_results_do_not_depend_on_thread_count():
         for nt in sorted({1, old}):
             numba.set_num_threads(nt)
             o = np.empty(stack.shape[1], np.float32)
-            dense.ties_into(stack, 0.2, [1.0, 1.0, 1.0], 1.0, o)
+            ties_into(stack, 0.2, [1.0, 1.0, 1.0], 1.0, o)
             x = stack[0].copy()
-            dense.dare_apply(x, 0.3, 12345)
-            outs.append((o, x, dense.kth_largest_abs(stack[1], 777)))
+            dare_apply(x, 0.3, 12345)
+            outs.append((o, x, kth_largest_abs(stack[1], 777)))
     finally:
         numba.set_num_threads(old)
     for o, x, k in outs[1:]:
@@ -99,7 +101,9 @@ def test_results_do_not_depend_on_thread_count():
 def test_every_kernel_is_cached():
     from numba.core.registry import CPUDispatcher
 
-    kernels = [v for v in vars(dense).values() if isinstance(v, CPUDispatcher)]
+    from kernels.merge import fused, select, sparsify
+
+    kernels = [v for mod in (fused, select, sparsify) for v in vars(mod).values() if isinstance(v, CPUDispatcher)]
     assert kernels
     for k in kernels:
         assert type(k._cache).__name__ != "NullCache", f"{k.__name__} lacks cache=True"
@@ -126,7 +130,7 @@ def test_kth_largest_abs_large_arrays_every_path(layout, density):
     x = x.astype(np.float32)
     k = max(1, int(density * n))
     expected = np.partition(np.abs(x), n - k)[n - k]
-    assert dense.kth_largest_abs(x, k) == expected
+    assert kth_largest_abs(x, k) == expected
 
 
 
@@ -135,9 +139,9 @@ def test_trim_thresholds_rows_match_single_row(density):
     rng = np.random.default_rng(9)
     stack = np.stack([rng.standard_normal(70_001), rng.standard_cauchy(70_001),
                       np.where(rng.random(70_001) < 0.1, 1.0, 0.0)]).astype(np.float32)
-    got = dense.trim_thresholds(stack, density)
+    got = trim_thresholds(stack, density)
     for i in range(3):
-        assert got[i] == dense.trim_threshold(stack[i], density)
+        assert got[i] == trim_threshold(stack[i], density)
         k = int(density * stack.shape[1])
         if k:
             assert got[i] == np.sort(np.abs(stack[i]))[::-1][k - 1]

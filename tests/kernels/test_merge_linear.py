@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kernels.merge import MergeError, MergeResult, merge
-from kernels.merge.core import compress_lowrank, lowrank_norm
+from kernels.merge.lowrank import compress_lowrank, lowrank_norm
 
 
 def make_source(rng, shapes, ranks, scales=None, zero_b=False):

@@ -1,10 +1,11 @@
-"""magnitude_prune: top-density fraction by magnitude of the weighted sum, per module."""
+"""prune_merged: top-density fraction by magnitude of the weighted sum, per module (named
+`magnitude_prune` before that name became PEFT's method: prune each task, then sum)."""
 
 import numpy as np
 import pytest
 
 from kernels.merge import merge
-from kernels.merge.magnitude_prune import prune_inplace
+from kernels.merge.sparsify import prune_inplace
 
 
 def prune_ref(d, density):
@@ -26,7 +27,7 @@ def test_matches_reference(density):
     shapes = {"q": (9, 7), "down": (5, 12)}
     srcs = [_src(rng, shapes, 3, 0.5), _src(rng, {"q": (9, 7)}, 4, 2.0)]
     w = [1.0, -0.5]
-    res = merge("magnitude_prune", srcs, density=density, weights=w, lam=1.2)
+    res = merge("prune_merged", srcs, density=density, weights=w, lam=1.2)
     assert res.reconstruction_error == pytest.approx(0.0, abs=1e-6)
     for key, shape in shapes.items():
         d = sum(1.2 * w[j] * s[key][2] * (s[key][1].astype(np.float64) @ s[key][0])
@@ -46,9 +47,9 @@ def test_prune_inplace_counts():
 def test_truncated_and_zero():
     rng = np.random.default_rng(2)
     srcs = [_src(rng, {"m": (20, 16)}, 4) for _ in range(2)]
-    res = merge("magnitude_prune", srcs, density=0.5, rank=2)
+    res = merge("prune_merged", srcs, density=0.5, rank=2)
     assert res.rank == 2 and 0.0 < res.reconstruction_error < 1.0
     zero = [{"m": (np.ones((2, 3), np.float32), np.zeros((4, 2), np.float32), 1.0)}]
-    res = merge("magnitude_prune", zero, density=0.5)
+    res = merge("prune_merged", zero, density=0.5)
     a, b = res.modules["m"]
     assert np.isfinite(a).all() and not (b @ a).any() and res.reconstruction_error == 0.0

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from kernels.merge import dense
+from kernels.merge.sparsify import trim_inplace, trim_threshold
 from kernels.merge.dare import dare_dense
 from kernels.merge.ties import ties_dense
 
@@ -32,7 +32,7 @@ def test_trim_matches_peft_magnitude_pruning():
     x = rng.standard_normal((40, 25)).astype(np.float32)
     ref = merge_utils.magnitude_based_pruning(torch.from_numpy(x.copy()), 0.35).numpy()
     y = x.copy().reshape(-1)
-    dense.trim_inplace(y, dense.trim_threshold(y, 0.35))
+    trim_inplace(y, trim_threshold(y, 0.35))
     np.testing.assert_array_equal(y.reshape(x.shape), ref)
 
 
@@ -49,3 +49,19 @@ def test_dare_at_density_one_matches_peft_task_arithmetic_and_dare_ties():
     np.testing.assert_allclose(dare_dense(d.copy(), 1.0, keys, weights=w), ref_lin, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(dare_dense(d.copy(), 1.0, keys, weights=w, combine="ties"), ref_ties,
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("density", [0.2, 0.6])
+def test_magnitude_prune_matches_peft(density):
+    """`magnitude_prune` is PEFT's: each task pruned by magnitude, then the weighted sum."""
+    from kernels.merge.magnitude_prune import merge as magnitude_prune
+
+    rng = np.random.default_rng(3)
+    srcs = [{"m": (rng.standard_normal((4, 11)).astype(np.float32), rng.standard_normal((9, 4)).astype(np.float32),
+                   0.5)} for _ in range(3)]
+    w = [1.0, 0.5, -2.0]
+    tensors = [torch.from_numpy(s["m"][2] * (s["m"][1] @ s["m"][0])) for s in srcs]
+    ref = merge_utils.magnitude_prune(tensors, torch.tensor(w), density).numpy()
+    res = magnitude_prune(srcs, density=density, weights=w, rank=9)
+    a, b = res.modules["m"]
+    np.testing.assert_allclose(b @ a, ref, rtol=1e-4, atol=1e-4)

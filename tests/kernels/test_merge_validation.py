@@ -24,13 +24,13 @@ TWO = [src(2), src(3)]
 
 def test_registry_is_complete():
     assert set(METHODS) == {"average", "weighted", "task_arithmetic", "slerp", "ties", "dare",
-                            "magnitude_prune"}
+                            "magnitude_prune", "prune_merged"}
     for name in METHODS:
         assert "rank" in METHOD_PARAMS[name]
         assert set(REQUIRED_PARAMS[name]) <= set(METHOD_PARAMS[name]) <= set(PARAM_DEFAULTS)
 
 
-@pytest.mark.parametrize("method", ["ties", "dare", "magnitude_prune"])
+@pytest.mark.parametrize("method", ["ties", "dare", "magnitude_prune", "prune_merged"])
 @pytest.mark.parametrize("density", [0, 0.0, -0.1, 1.0001, 2, float("nan"), "abc"])
 def test_bad_density(method, density):
     with pytest.raises(MergeError, match="density"):
@@ -78,7 +78,7 @@ def test_weighted_requires_weights():
 @pytest.mark.parametrize("method", list(METHODS))
 def test_empty_source_list(method):
     kw = {"weights": []} if method == "weighted" else {}
-    kw.update({"density": 0.5} if method in ("ties", "dare", "magnitude_prune") else {})
+    kw.update({"density": 0.5} if method in ("ties", "dare", "magnitude_prune", "prune_merged") else {})
     kw.update({"t": 0.5} if method == "slerp" else {})
     with pytest.raises(MergeError, match="sources"):
         merge(method, [], **kw)

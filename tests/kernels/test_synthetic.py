@@ -1,5 +1,5 @@
 """Synthetic task data: determinism, per-task differences, shapes, truth, quality, noise floor,
-user-data validation."""
+and the name hash (user data is validated by resources.dataset_format)."""
 
 
 import numpy as np
@@ -9,10 +9,8 @@ from kernels.modules import module_shape
 from kernels.quality import QUALITY_TASKS, quality_scores
 from kernels.synthetic import (
     NOISE_SLOPE,
-    check_user_data,
     generate_task,
     stable_hash,
-    validate_user_data,
 )
 
 SMALL = dict(rank=8, hidden_size=64, intermediate_size=160, num_layers=2, n_examples=200)
@@ -199,60 +197,3 @@ def test_generator_argument_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         generate_task(**args)
-
-
-# ---------------------------------------------------------------------------------------------
-# user data
-
-
-def _user_data(n=20, hidden=16, inter=40):
-    rng = np.random.default_rng(0)
-    inputs = {"layers.0.hidden": rng.standard_normal((n, hidden)).astype(np.float32),
-              "layers.0.mlp_act": rng.standard_normal((n, inter)).astype(np.float32)}
-    targets = {"layers.0.q_proj": rng.standard_normal((n, hidden)).astype(np.float32),
-               "layers.0.down_proj": rng.standard_normal((n, hidden)).astype(np.float16)}
-    return inputs, targets, rng.uniform(0, 1, n).astype(np.float32)
-
-
-def test_valid_user_data_passes():
-    inputs, targets, q = _user_data()
-    assert validate_user_data(inputs, targets, q, 16, 40) == []
-    assert validate_user_data(inputs, targets, None, 16, 40) == []
-    check_user_data(inputs, targets, q, 16, 40)
-
-
-def test_user_data_errors_name_the_tensor():
-    inputs, targets, q = _user_data()
-    inputs["layers.0.hidden"][3, 2] = np.nan
-    targets["layers.0.down_proj"][0, 0] = np.inf
-    targets["layers.0.gate_proj"] = np.zeros((20, 41), np.float32)  # wrong width, and its input is fine
-    targets["layers.1.o_proj"] = np.zeros((20, 16), np.float32)  # input layers.1.attn_out missing
-    inputs["layers.0.attn_out"] = np.zeros((19, 16), np.float32)  # row count mismatch
-    errors = validate_user_data(inputs, targets, q, 16, 40)
-    text = "\n".join(errors)
-    assert "layers.0.hidden: contains NaN" in text
-    assert "layers.0.down_proj: contains NaN or infinite" in text
-    assert "layers.0.gate_proj: expected 40 columns" in text
-    assert "layers.1.o_proj: needs input layers.1.attn_out" in text
-    assert "row counts differ" in text and "layers.0.attn_out=19" in text
-    with pytest.raises(ValueError, match="layers.0.hidden: contains NaN"):
-        check_user_data(inputs, targets, q, 16, 40)
-
-
-def test_user_data_more_errors():
-    inputs, targets, q = _user_data()
-    errs = validate_user_data({"layers.0.hidden": np.zeros((0, 16), np.float32)},
-                              {"layers.0.q_proj": np.zeros((0, 16), np.float32)}, None, 16, 40)
-    assert any("is empty" in e for e in errs)
-    errs = validate_user_data(inputs, {"layers.0.q_proj": np.zeros((20, 16, 1), np.float32)}, None, 16, 40)
-    assert any("layers.0.q_proj: expected a 2-D array" in e for e in errs)
-    errs = validate_user_data(inputs, {"blocks.0.q_proj": np.zeros((20, 16), np.float32)}, None, 16, 40)
-    assert any("blocks.0.q_proj: target key" in e for e in errs)
-    errs = validate_user_data(inputs, targets, q * 3, 16, 40)
-    assert any(e.startswith("quality: values must lie in [0, 1]") for e in errs)
-    errs = validate_user_data(inputs, targets, np.array([np.nan] * 20, np.float32), 16, 40)
-    assert any(e.startswith("quality: contains NaN") for e in errs)
-    errs = validate_user_data(inputs, {}, None, 16, 40)
-    assert any("no target tensors" in e for e in errs)
-    errs = validate_user_data({"layers.0.hidden": np.zeros((20, 16), np.int32)}, targets, None, 16, 40)
-    assert any("layers.0.hidden: dtype int32" in e for e in errs)

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from kernels import train as T
 from kernels.modules import lora_scale
 from kernels.synthetic import generate_task
 from kernels.train import (
+    OPT_CODE,
     EwcState,
     ModuleProblem,
     TrainSettings,
@@ -20,6 +20,8 @@ from kernels.train import (
     train,
     zero_adapter_loss,
 )
+from kernels.train.optimizer import update
+from kernels.train.bundles import Chunks, Hyper, State
 
 
 def peft_init(problems, rank, seed=1):
@@ -114,11 +116,11 @@ def test_evaluate_is_the_normalised_weighted_loss_averaged_over_modules():
 
 def _one_update(opt, W, G, M1, M2, step, lr=0.1, wd=0.0, momentum=0.0, b1=0.9, b2=0.999, eps=1e-8):
     P = W.shape[0]
-    e = np.zeros(1, np.float32)
-    lo = np.array([0, P // 3], np.int64)
-    hi = np.array([P // 3, P], np.int64)
-    T._update(W, G, M1, M2, np.zeros(P, np.float32), e, e, 0.0, 1.0, lr, opt, b1, b2, eps, wd, momentum,
-              step, 0.999, lo, hi, np.ones(2))
+    zero = np.zeros(P, np.float32)  # online Fisher (updated), EWC anchor (unread: lam 0)
+    state = State(W, G, M1, M2, zero.copy(), zero, zero)
+    hyper = Hyper(opt, b1, b2, eps, wd, momentum, 0.999, 0.0, 0.0)
+    chunks = Chunks(np.array([0, P // 3], np.int64), np.array([P // 3, P], np.int64), np.ones(2))
+    update(state, hyper, chunks, 1.0, lr, step)
 
 
 def _reference_optimizer(name, w, grads, lr, wd, momentum, b1=0.9, b2=0.999, eps=1e-8):
@@ -154,7 +156,7 @@ def test_update_kernel_matches_torch_semantics(name, wd, momentum):
     grads = [rng.standard_normal(P).astype(np.float32) for _ in range(5)]
     W, M1, M2 = w0.copy(), np.zeros(P, np.float32), np.zeros(P, np.float32)
     for t, g in enumerate(grads, start=1):
-        _one_update(T._OPT_CODE[name], W, g.copy(), M1, M2, t, lr=0.01, wd=wd, momentum=momentum)
+        _one_update(OPT_CODE[name], W, g.copy(), M1, M2, t, lr=0.01, wd=wd, momentum=momentum)
     np.testing.assert_allclose(W, _reference_optimizer(name, w0, grads, 0.01, wd, momentum), rtol=1e-5, atol=1e-6)
 
 

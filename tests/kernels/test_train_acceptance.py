@@ -4,7 +4,6 @@ loss is within 10% above the noise floor and the learned delta's relative Froben
 the ground truth is under 0.1."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -41,17 +40,14 @@ def test_default_training_reaches_the_noise_floor_and_the_truth(name, seed):
     scale = lora_scale(alpha, rank)
     q_train, q_val = task.quality[task.train_idx], task.quality[task.val_idx]
 
-    t0 = time.perf_counter()
     result = train(problems, A, B, scale, q_train, q_val, TrainSettings())
-    elapsed = time.perf_counter() - t0
 
     ratio = result.val_loss / task.noise_floor
     delta_err = task.delta_relative_error(result.A, result.B, scale)
     print(f"{name} seed {seed}: val/floor {ratio:.4f}, delta error {delta_err:.4f}, "
-          f"{result.epochs_run} epochs, {elapsed:.1f} s")
+          f"{result.epochs_run} epochs")
     assert 0.95 < ratio <= 1.10
     assert delta_err < 0.1
     # the reported loss is the checkpoint's, and it beats the zero adapter by orders of magnitude
     assert evaluate(problems, result.A, result.B, scale, q_val) == pytest.approx(result.val_loss, rel=1e-6)
-    assert result.val_loss < 0.01 * zero_adapter_loss(problems, q_val)
-    assert elapsed < 120  # seconds, not minutes (typically 0.3-5 s on 2 cores)
+    assert result.val_loss < 0.01 * zero_adapter_loss(problems, q_val)  # wall time: bench/bench_train_wall.py

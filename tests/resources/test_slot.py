@@ -26,20 +26,7 @@ from resources.slot import (
     SlotLockedError,
 )
 from resources.store import sha256_file
-
-SPEC = AdapterSpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj"), hidden_size=32, intermediate_size=64, num_layers=1)
-
-
-def make_adapter(directory: Path, seq: int, spec: AdapterSpec = SPEC) -> Path:
-    """An adapter whose A and B values all equal `seq` (so mixing versions would show)."""
-    adapter = LoraAdapter.initialise(spec, seed=seq)
-    for key in adapter.keys():
-        adapter.A[key][:] = seq
-        adapter.B[key][:] = seq
-    directory.mkdir(parents=True, exist_ok=True)
-    save_adapter(adapter, directory, metadata={"seq": seq})
-    return directory
-
+from tests.resources.adapters import SPEC, make_adapter
 
 def seq_of(directory) -> float:
     loaded = load_adapter(directory)

@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 
 from kernels.adapter import AdapterSpec, LoraAdapter
-from resources.peft_format import save_adapter
 import resources.slot as slot_module
 from resources.slot import ACTIVE, Slot, SlotConflictError, SlotError, check_version, parse_version
 from resources.slot_reader import SlotReader
+from tests.resources.adapters import make_adapter as make_seq_adapter
 
 FORK = multiprocessing.get_context("fork")
 
@@ -41,13 +41,7 @@ def spec_for(seq: int) -> AdapterSpec:
 
 
 def make_adapter(directory: Path, seq: int) -> Path:
-    adapter = LoraAdapter.initialise(spec_for(seq), seed=seq)
-    for key in adapter.keys():
-        adapter.A[key][:] = seq
-        adapter.B[key][:] = seq
-    directory.mkdir(parents=True, exist_ok=True)
-    save_adapter(adapter, directory, metadata={"seq": seq})
-    return directory
+    return make_seq_adapter(directory, seq, spec_for(seq))
 
 
 def provenance(seq: int) -> dict:
@@ -104,11 +98,15 @@ def reader_main(slot_dir: str, out: str, stop: str, ready: str) -> None:
     Path(out).write_text(json.dumps({"checks": checks, "loads": reader.loads, "generations": generations, "errors": errors}))
 
 
+ROOT = str(Path(__file__).resolve().parents[2])  # the reader imports tests.resources.adapters
+
+
 def start_reader(slot_dir: Path, workdir: Path, index: int) -> tuple[subprocess.Popen, Path, Path]:
     out, ready = workdir / f"reader{index}.json", workdir / f"ready{index}"
     proc = subprocess.Popen(
         [sys.executable, __file__, "reader", str(slot_dir), str(out), str(workdir / "stop"), str(ready)],
         stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])},
     )
     return proc, out, ready
 

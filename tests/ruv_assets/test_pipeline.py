@@ -5,6 +5,7 @@ things on purpose and check what the sensor, the checks and the staleness say.""
 import base64
 import datetime
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -14,7 +15,6 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver
 from dagster._core.loader import LoadingContextForTest
 from safetensors.numpy import save_file
 
-import ruv_assets.build_sensors as build_sensors
 import ruv_assets.catalogue as catalogue_module
 from resources.peft_format import load_adapter
 from resources.slot import Slot, slots_root
@@ -31,15 +31,31 @@ ADAPTERS, COMPOSITES = ["coder", "reviewer"], ["code_review"]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def snapshot(tmp_path_factory):
+    """Build once into `work/`, then keep a copy of the whole state (instance + RUV_HOME)."""
     home = tmp_path_factory.mktemp("pipeline")
+    work = home / "work"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RUV_HOME", str(home / "ruv"))
+        mp.setenv("RUV_HOME", str(work / "ruv"))
         mp.delenv("RUV_SLOTS", raising=False)
-        (home / "dagster").mkdir()
-        with instance_for_test(temp_dir=str(home / "dagster")) as instance:
+        (work / "dagster").mkdir(parents=True)
+        with instance_for_test(temp_dir=str(work / "dagster")) as instance:
             report = build_all(instance, adapters=ADAPTERS, composites=COMPOSITES, log=lambda _: None)
-            yield instance, report, ArtifactStore(home / "ruv")
+    shutil.copytree(work, home / "snapshot", symlinks=True)
+    return work, home / "snapshot", report
+
+
+@pytest.fixture
+def built(snapshot, monkeypatch):
+    """Each test starts from the freshly built state, whatever ran before it: `work/` is restored
+    from the snapshot (same paths, so the recorded metadata stays true) and reopened."""
+    work, saved, report = snapshot
+    shutil.rmtree(work)
+    shutil.copytree(saved, work, symlinks=True)
+    monkeypatch.setenv("RUV_HOME", str(work / "ruv"))
+    monkeypatch.delenv("RUV_SLOTS", raising=False)
+    with instance_for_test(temp_dir=str(work / "dagster")) as instance:
+        yield instance, report, ArtifactStore(work / "ruv")
 
 
 def latest(instance: DagsterInstance, asset: str, partition: str):
@@ -211,7 +227,7 @@ def test_bad_user_data_is_refused(built, tmp_path, x_width, nan, message):
     assert store.versions("synthetic_dataset", "reviewer") == before
 
 
-def test_changing_one_rank_marks_only_that_chain_stale(built, monkeypatch):
+def test_changing_one_rank_marks_only_that_chain_stale(built):
     instance, _, _ = built
     graph = defs.resolve_asset_graph()
 
@@ -222,7 +238,7 @@ def test_changing_one_rank_marks_only_that_chain_stale(built, monkeypatch):
     chain = [("preset_adapter", "coder"), ("synthetic_dataset", "coder"), ("trained_adapter", "coder"),
              ("merged_adapter", "code_review"), ("served_adapter", "coder"), ("served_adapter", "code_review")]
     others = [(a, "reviewer") for a in ("preset_adapter", "synthetic_dataset", "trained_adapter", "served_adapter")]
-    # earlier tests retrained reviewer: bring the composite and the slots up to date first
+    # bring the composite and the slots up to date (merged before the promotions recorded them)
     assert not build_all(instance, adapters=[], composites=COMPOSITES, log=lambda _: None).failed
     for asset, part in chain + others:
         causes = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance)).get_stale_causes(AssetKey(asset), part)
@@ -231,15 +247,12 @@ def test_changing_one_rank_marks_only_that_chain_stale(built, monkeypatch):
     current = catalogue_module.current_catalogue()
     coder = current.adapter("coder").model_copy(update={"rank": 8})
     changed = catalogue_module.Catalogue([coder if a.name == "coder" else a for a in current.adapters()], current.composites(), current.geometry, current.source)
-    monkeypatch.setattr(build_sensors, "current_catalogue", lambda: changed)
-    observe_catalogue(instance)
-    assert status("preset_adapter", "coder") == "STALE" and status("synthetic_dataset", "coder") == "STALE"
-    assert all(status(a, p) == "FRESH" for a, p in others)
-    # Dagster marks one hop at a time: re-materialising a stale asset marks its dependants
-    monkeypatch.setattr(catalogue_module, "current_catalogue", lambda: changed)
-    for module in ("ruv_assets.assets.preset", "ruv_assets.assets.dataset", "ruv_assets.assets.trained", "ruv_assets.assets.merged"):
-        monkeypatch.setattr(f"{module}.current_catalogue", lambda: changed)
-    assert run_job(instance, "train_job", "coder", {"ops": {"trained_adapter": {"config": {"continue_from_last": False}}}}).success
+    with catalogue_module.using_catalogue(changed):  # handed in to every asset that reads it
+        observe_catalogue(instance)
+        assert status("preset_adapter", "coder") == "STALE" and status("synthetic_dataset", "coder") == "STALE"
+        assert all(status(a, p) == "FRESH" for a, p in others)
+        # Dagster marks one hop at a time: re-materialising a stale asset marks its dependants
+        assert run_job(instance, "train_job", "coder", {"ops": {"trained_adapter": {"config": {"continue_from_last": False}}}}).success
     assert status("trained_adapter", "coder") == "FRESH"
     assert status("merged_adapter", "code_review") == "STALE" and status("served_adapter", "coder") == "STALE"
     assert all(status(a, p) == "FRESH" for a, p in others)
