@@ -274,6 +274,10 @@ def grad_step(mods, scr, lay, st, hy, rows, q, cscale, fuse, lr, step):
     inv_out, scales, ratio = lay.inv_out, lay.scales, lay.ratio
     T = loss_pm.shape[1]
     lam = hy.lam
+    # int64 values, not the literals 0 / 1: a literal argument would compile the helpers again
+    # for that constant (Numba types a literal call argument as Literal[int])
+    zero = np.int64(0)
+    one = np.int64(1)
     for m in range(M):
         for tid in range(T):
             loss_pm[m, tid] = 0.0
@@ -284,11 +288,11 @@ def grad_step(mods, scr, lay, st, hy, rows, q, cscale, fuse, lr, step):
                 m = assign[a]
                 bt_gram(mods.Bt[m], mods.BtB[m])
                 sl = (H[tid], RB[tid], WH[tid], U[tid], GH[tid])
-                loss_pm[m, 0] = chunk_grads(mods, m, 0, sl, rows, q, cscale * inv_out[m], scales[m], 0, n)
-                sum_partials(mods, m, 1)
+                loss_pm[m, 0] = chunk_grads(mods, m, zero, sl, rows, q, cscale * inv_out[m], scales[m], zero, n)
+                sum_partials(mods, m, one)
                 g0 = goff[m]
                 for row in range(goff[m + 1] - g0):
-                    sq, pen = reduce_row(mods, m, row, 1, scales[m], lam)
+                    sq, pen = reduce_row(mods, m, row, one, scales[m], lam)
                     sq_rows[g0 + row] = sq
                     pen_rows[g0 + row] = pen
                 if fuse:
@@ -309,11 +313,12 @@ def grad_step(mods, scr, lay, st, hy, rows, q, cscale, fuse, lr, step):
                 BtB[t, v] = dot1(Bt[t], Bt[v])
         chunk = (n + T - 1) // T
         for tid in prange(T):  # phase 2: per-thread partial gradients, every module
-            lo = tid * chunk
+            part = np.int64(tid)  # a parallel loop's index may be unsigned: one signature for chunk_grads
+            lo = part * chunk
             hi = min(n, lo + chunk)
             sl = (H[0], RB[0], WH[0], U[0], GH[0])  # rows lo..hi: disjoint
             for m in range(M):
-                loss_pm[m, tid] = chunk_grads(mods, m, tid, sl, rows, q, cscale * inv_out[m], scales[m], lo, hi)
+                loss_pm[m, tid] = chunk_grads(mods, m, part, sl, rows, q, cscale * inv_out[m], scales[m], lo, hi)
         for m in range(M):
             sum_partials(mods, m, T)
         n_grad = goff[M]
