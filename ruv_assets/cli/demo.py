@@ -51,14 +51,17 @@ def write_demo(directory: Path, max_tokens: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     corpus = directory / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": topics[k]}) + "\n" for k in sorted(topics)))
+    # Gates loose enough for every role to be promoted and merged (a role must still remove 10% of
+    # its teacher's KL, and a composite must beat the base model on every source task); the
+    # figures each role reaches are what the demo is for.
     lines = [f"base_model: {smollm2_path()}", "adapters:"]
     for name, prompt in ROLES.items():
         lines.append(f"  - name: {name}")
         lines.append(f"    capture: {{system_prompt: {json.dumps(prompt)}, corpus: corpus.jsonl, max_tokens: {max_tokens}, "
-                     "min_kl_removed: 0.3}")
+                     "min_kl_removed: 0.1}")
     lines += ["composites:",
-              "  - {name: multi_agent, method: ties, sources: [coder, researcher, security, architect, reviewer], density: 0.5, min_retention: 0.2}",
-              "  - {name: code_review, method: weighted, sources: [coder, reviewer], weights: [0.7, 0.3], min_retention: 0.2}"]
+              "  - {name: multi_agent, method: ties, sources: [coder, researcher, security, architect, reviewer], density: 0.5}",
+              "  - {name: code_review, method: weighted, sources: [coder, reviewer], weights: [0.7, 0.3]}"]
     catalogue = directory / "catalogue.yaml"
     catalogue.write_text("\n".join(lines) + "\n")
     return catalogue
