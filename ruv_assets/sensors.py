@@ -117,7 +117,8 @@ def promotion_sensor(context: SensorEvaluationContext):
             partition_key=partition,
             run_config={"ops": {"served_adapter": {"config": {"data_version": version, "source_storage_id": storage_id}}}},
             # ruv/slot: the run queue admits one promotion per slot at a time (deploy/dagster.yaml)
-            tags={"ruv/source_asset": asset, "ruv/source_storage_id": str(storage_id), SLOT_TAG: partition},
+            # dagster/priority: promotions pass queued trainings, so a slot fills as soon as its source passes
+            tags={"ruv/source_asset": asset, "ruv/source_storage_id": str(storage_id), SLOT_TAG: partition, "dagster/priority": "1"},
         )
         for partition, (storage_id, asset, version) in sorted(newest.items())
     ]

@@ -50,7 +50,8 @@ def served_adapter(context: AssetExecutionContext, config: PromotionConfig, stor
     stored = store.store().get(source, name, config.data_version or None)
     slot = slots.slot(name)
     current = slot.status() if slot.exists() else None
-    if current is not None and current.active and slot.manifest(current.active).get("data_version") == stored.data_version:
+    stale = config.expected_generation >= 0 and (current.generation if current is not None else 0) != config.expected_generation
+    if not stale and current is not None and current.active and slot.manifest(current.active).get("data_version") == stored.data_version:
         context.log.info(f"slot {name}: {stored.data_version[:12]} is already active at generation {current.generation}")
         state = current
     else:

@@ -120,8 +120,8 @@ def outstanding(instance, catalogue, store) -> tuple[list[str], list[object]]:
     pending, failed = [], []
     trains, merges, promotions = (latest_runs(instance, job) for job in JOBS)
     for name in catalogue.adapter_names:
-        run = trains.get(name)
-        if run is None or run.tags.get(ENTRY_TAG) != train_key(name, catalogue):
+        run = trains.get(name)  # the newest: a retrain from the UI or the schedule counts too
+        if run is None or (run.status.value != "SUCCESS" and run.tags.get(ENTRY_TAG) != train_key(name, catalogue)):
             pending.append(f"train {name}: not requested yet")
         elif run.status.value != "SUCCESS":
             pending.append(f"train {name}: {run.status.value}")

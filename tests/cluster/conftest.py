@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-N_ADAPTERS = 50
+# the five presets (always in the catalogue) and 45 declared ones; fewer only to iterate on the tests
+N_ADAPTERS = int(os.environ.get("RUV_CLUSTER_TEST_ADAPTERS", "50"))
+PRESETS = ["coder", "researcher", "security", "architect", "reviewer"]
+CUSTOM = [f"a{i:02d}" for i in range(N_ADAPTERS - len(PRESETS))]
 GEOMETRY = "geometry: {hidden_size: 32, intermediate_size: 48, num_layers: 1}\n"
 
 
@@ -66,8 +69,7 @@ class Cluster:
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     catalogue = root / "catalogue.yaml"
-    names = [f"a{i:02d}" for i in range(N_ADAPTERS)]
-    catalogue.write_text(catalogue_text(names, names[:2]))
+    catalogue.write_text(catalogue_text(CUSTOM, CUSTOM[:2]))
     web_port = free_port()
     # Postgres runs as the postgres user, which cannot enter pytest's private temporary directory
     pg_parent = Path(tempfile.mkdtemp(prefix="ruv-cluster-pg-"))

@@ -13,7 +13,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterRunStatus, RunsFilter
 
 from resources.slot import Slot
-from tests.cluster.conftest import N_ADAPTERS, catalogue_text
+from tests.cluster.conftest import CUSTOM, N_ADAPTERS, PRESETS, catalogue_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.cluster]
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
@@ -49,7 +49,7 @@ def test_fifty_adapters_built_by_two_workers(cluster):
     instance = cluster.instance()
     trained = materializations(instance, "trained_adapter")
     partitions = [r.asset_materialization.partition for r in trained]
-    assert sorted(partitions) == [f"a{i:02d}" for i in range(N_ADAPTERS)], "exactly one trained_adapter per partition"
+    assert len(partitions) == N_ADAPTERS and sorted(partitions) == sorted(PRESETS + CUSTOM), "exactly one per partition"
     workers = {r.asset_materialization.metadata["worker"].value for r in trained}
     assert len(workers) >= 2 and all(w.split("/", 1)[1].startswith("worker-") for w in workers), workers
 
@@ -65,7 +65,7 @@ def test_fifty_adapters_built_by_two_workers(cluster):
             for e in instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ENGINE_EVENT))), "no run executed twice"
         failure = record.dagster_run.tags.get("dagster/failure_reason")
         assert failure != "RUN_WORKER_RESTART"
-    for name in [f"a{i:02d}" for i in range(N_ADAPTERS)] + ["blend"]:
+    for name in PRESETS + CUSTOM + ["blend"]:
         s = slot(cluster, name)
         assert s.exists() and s.status().active and s.verify().ok, name
 
@@ -93,7 +93,7 @@ def test_two_promoters_racing_for_one_slot(cluster):
     instance, client = cluster.instance(), cluster.graphql()
     assert cluster.dagster("sensor", "stop", "promotion_sensor").returncode == 0  # only our two promoters
     try:
-        name = "a10"  # not a source of the composite: retraining it merges nothing
+        name = CUSTOM[-1]  # not a source of the composite: retraining it merges nothing
         retrain = client.submit_job_execution("train_job", tags={"dagster/partition": name},
                                               run_config={"ops": {"trained_adapter": {"config": {"continue_from_last": True}}}})
         wait_until(lambda: instance.get_run_by_id(retrain).status in FINISHED, 300, "the retrain")
@@ -121,8 +121,7 @@ def test_a_killed_worker_then_a_second_cluster_run_completes(cluster):
     instance = cluster.instance()
     launcher = instance.run_launcher
     before = {r.dagster_run.run_id for r in instance.get_run_records(filters=RunsFilter(job_name="train_job"))}
-    names = [f"a{i:02d}" for i in range(N_ADAPTERS)] + [f"b{i}" for i in range(6)]
-    cluster.catalogue.write_text(catalogue_text(names, ["a00", "b0"]))  # the catalogue grows: no reload
+    cluster.catalogue.write_text(catalogue_text(CUSTOM + [f"b{i}" for i in range(6)], ["a00", "b0"]))  # the catalogue grows: no reload
 
     def started_new_run():
         for run in instance.get_runs(filters=RunsFilter(job_name="train_job", statuses=[DagsterRunStatus.STARTED])):
@@ -147,7 +146,7 @@ def test_a_killed_worker_then_a_second_cluster_run_completes(cluster):
 
     assert all(r.dagster_run.status in FINISHED for r in instance.get_run_records()), "no run stuck"
     trained = [r.asset_materialization.partition for r in materializations(instance, "trained_adapter")]
-    for name in succeeded - {"a10"}:  # a10 was retrained on purpose by the race test
+    for name in succeeded - {CUSTOM[-1]}:  # retrained on purpose by the race test
         assert trained.count(name) == 1, f"{name} was redone"
     assert trained.count(victim.tags["dagster/partition"]) == 1
     for name in [f"b{i}" for i in range(6)] + ["blend"]:
