@@ -12,13 +12,12 @@ weights is refused, and so is a config that needs `trust_remote_code`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.errors import StoreError
+from resources.errors import StoreError, read_json_object
 
 # model_type (config.json) / general.architecture (GGUF) -> the class transformers builds
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -84,12 +83,7 @@ def _from_hf_dir(path: Path) -> BaseModelInfo:
         pickled = list(path.glob("*.bin")) + list(path.glob("*.pt"))
         why = " (only pickled .bin weights, which are never loaded: convert them to safetensors)" if pickled else ""
         raise BaseModelError(f"{path}: no *.safetensors weights{why}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BaseModelError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise BaseModelError(f"{config_path}: expected a JSON object")
+    config = read_json_object(config_path, BaseModelError)
     config = config.get("text_config", config) if "hidden_size" not in config else config
     arch = config.get("model_type")
     if arch not in ARCHITECTURES:

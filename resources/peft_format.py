@@ -26,7 +26,7 @@ from resources.safetensors_io import save_file_deterministic
 
 from kernels.adapter import AdapterSpec, LoraAdapter, split_key
 from kernels.modules import ALL_MODULES, module_block
-from resources.errors import AdapterFormatError
+from resources.errors import AdapterFormatError, read_json_object
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -259,12 +259,7 @@ def infer_geometry(found: dict[str, dict[str, np.ndarray]], where, skip: set[str
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise AdapterFormatError(f"{path}: missing (an adapter directory needs {CONFIG_NAME})")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AdapterFormatError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise AdapterFormatError(f"{path}: expected a JSON object")
+    config = read_json_object(path, AdapterFormatError)
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterFormatError(f"{path}: peft_type is {config.get('peft_type')!r}, only LORA is supported")
     for name in ("r", "lora_alpha"):
