@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.errors import StoreError, read_json_object
+from ruv_resources.errors import StoreError, read_json_object
 
 # model_type (config.json) / general.architecture (GGUF) -> the class transformers builds
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
