@@ -10,7 +10,7 @@ from typing import Literal
 from dagster import Config
 from pydantic import Field
 
-from kernels.train import TrainSettings
+from ruv_kernels.train import TrainSettings
 
 PRESETS: dict[str, dict] = {
     "default": {},

@@ -6,8 +6,8 @@ import numba
 import numpy as np
 from numba import types
 
-from kernels.train.bundles import Chunks, Gather, Layout, Modules, Scratch, State, typed_list
-from kernels.train.steps import HALF_TO_FLOAT
+from ruv_kernels.train.bundles import Chunks, Gather, Layout, Modules, Scratch, State, typed_list
+from ruv_kernels.train.steps import HALF_TO_FLOAT
 
 
 def scale_of(scale, key: str) -> float:
