@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 GEOMETRY = "geometry: {hidden_size: 32, intermediate_size: 48, num_layers: 1}\n"
 
 

@@ -23,12 +23,10 @@
 from __future__ import annotations
 
 import os
-import sys
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import time  # noqa: E402
 import tracemalloc  # noqa: E402

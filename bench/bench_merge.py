@@ -27,7 +27,6 @@ BLAS_THREADS = int(os.environ.get("BENCH_BLAS_THREADS", "1"))
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
 os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import time  # noqa: E402
 import warnings  # noqa: E402
