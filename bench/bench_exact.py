@@ -14,7 +14,7 @@
 3. The five presets at the default geometry (hidden 768, intermediate 3072, 2 layers, 1000
    synthetic examples, seed 0): the exact path (statistics of the training split from the raw
    dataset, `solve_adapter` with rank selection on the raw validation rows) against the default
-   SGD training (`kernels.train.train`, default TrainSettings, not counting its row gathering):
+   SGD training (`ruv_kernels.train.train`, default TrainSettings, not counting its row gathering):
    wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap.
    BENCH_ONLY=gram,solve,presets selects parts; BENCH_STATS_PRECISION=mixed for the presets'
    statistics.

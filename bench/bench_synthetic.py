@@ -1,6 +1,6 @@
 """Synthetic data generation: 1000 examples at hidden 768 (coder: q, k, v, o; one layer).
 
-Times `kernels.synthetic.generate_task` end to end (inputs for `hidden` and `attn_out`, quality,
+Times `ruv_kernels.synthetic.generate_task` end to end (inputs for `hidden` and `attn_out`, quality,
 four target matrices with their noise, ground-truth factors, split) after a JIT warm-up, and
 prints the median. Target <= 2 ms (the original claimed < 10 ms). Also prints a larger preset for
 scale. Usage: python bench/bench_synthetic.py [--threads 2] [--reps 50]
