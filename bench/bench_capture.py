@@ -21,12 +21,9 @@ import resource  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ruv_kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
 from ruv_resources.capture.fit import capture_statistics, fit_layer  # noqa: E402

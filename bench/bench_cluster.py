@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 # the machine code `make run` compiled, shared by this process and every worker (set before numba loads)
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 GEOMETRY = "geometry: {hidden_size: 32, intermediate_size: 48, num_layers: 1}\n"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -28,7 +27,6 @@ def main() -> None:
     for var, sub in (("NUMBA_CACHE_DIR", "numba"), ("DAGSTER_HOME", "dagster"), ("RUV_HOME", "ruv")):
         os.environ[var] = os.path.join(root, sub)
         os.makedirs(os.environ[var], exist_ok=True)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
     from numba.core import event
 

@@ -14,7 +14,7 @@
 3. The five presets at the default geometry (hidden 768, intermediate 3072, 2 layers, 1000
    synthetic examples, seed 0): the exact path (statistics of the training split from the raw
    dataset, `solve_adapter` with rank selection on the raw validation rows) against the default
-   SGD training (`kernels.train.train`, default TrainSettings, not counting its row gathering):
+   SGD training (`ruv_kernels.train.train`, default TrainSettings, not counting its row gathering):
    wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap.
    BENCH_ONLY=gram,solve,presets selects parts; BENCH_STATS_PRECISION=mixed for the presets'
    statistics.
@@ -23,12 +23,10 @@
 from __future__ import annotations
 
 import os
-import sys
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import time  # noqa: E402
 import tracemalloc  # noqa: E402

@@ -1,6 +1,6 @@
 """Forward of one vector through an adapter's 4 modules (coder: q/k/v/o, r16, hidden 768).
 
-Ours: `kernels.lora.forward_vector_into` with preallocated buffers, once per module. References
+Ours: `ruv_kernels.lora.forward_vector_into` with preallocated buffers, once per module. References
 in the same run: numpy (`s * B @ (A @ x)`) and PyTorch (the same with torch tensors, no autograd).
 Target (DESIGN.md section 8): <= 10 us for the 4 modules.
 """

@@ -3,7 +3,7 @@
     python bench/bench_merge.py     # BENCH_THREADS=2 by default; BENCH_QUICK=1: 1024^2 smoke run;
                                     # BENCH_ONLY=stream,ties,linear,e2e: a subset
 
-1. TIES on three dense 4096x4096 deltas: kernels.merge.ties.ties_dense vs PEFT
+1. TIES on three dense 4096x4096 deltas: ruv_kernels.merge.ties.ties_dense vs PEFT
    `merge_utils.ties` (torch CPU, same thread count). Target >= 20x.
 2. Linear merge of three rank-16 adapters at 4096x4096: concatenation (exact, rank 48) and the
    QR route to rank 16, vs PEFT's svd route (dense delta, torch.linalg.svd, truncate).
@@ -27,7 +27,6 @@ BLAS_THREADS = int(os.environ.get("BENCH_BLAS_THREADS", "1"))
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
 os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import time  # noqa: E402
 import warnings  # noqa: E402

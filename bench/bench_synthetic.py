@@ -1,6 +1,6 @@
 """Synthetic data generation: 1000 examples at hidden 768 (coder: q, k, v, o; one layer).
 
-Times `kernels.synthetic.generate_task` end to end (inputs for `hidden` and `attn_out`, quality,
+Times `ruv_kernels.synthetic.generate_task` end to end (inputs for `hidden` and `attn_out`, quality,
 four target matrices with their noise, ground-truth factors, split) after a JIT warm-up, and
 prints the median. Target <= 2 ms (the original claimed < 10 ms). Also prints a larger preset for
 scale. Usage: python bench/bench_synthetic.py [--threads 2] [--reps 50]
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 def main() -> None:
@@ -20,7 +19,6 @@ def main() -> None:
     args = ap.parse_args()
     for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(args.threads)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
     import time
 

@@ -3,7 +3,7 @@
 One step = forward + backward of the quality-weighted MSE over all four modules + an Adam update,
 measured in the same run for:
 
-- numba: kernels.train's `steps.run_steps`, the loop `train` runs: per minibatch the fused gradient
+- numba: ruv_kernels.train's `steps.run_steps`, the loop `train` runs: per minibatch the fused gradient
   kernel over all four modules (`gradients.grad_step`) and the fused Adam update, reading the
   minibatch rows in place from the training arrays; timed 16 steps per call, reported per step;
 - torch: the same step written the ordinary way (autograd over `s * (x @ A.T) @ B.T - r`,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 def main() -> None:
@@ -32,7 +31,6 @@ def main() -> None:
     args = ap.parse_args()
     for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
     import time
 
@@ -71,7 +69,7 @@ def main() -> None:
     state = {"step": 0}
 
     def numba_steps(b_from: int, b_to: int) -> float:
-        """Exactly what kernels.train.train runs for float32 data: `run_steps` over minibatches
+        """Exactly what ruv_kernels.train.train runs for float32 data: `run_steps` over minibatches
         (per step: the fused gradient kernel for all modules, then the fused Adam update)."""
         out = run_steps(mods, ws.scratch, ws.layout, ws.state, hyper, gather, order, b_from, b_to, bs, q, lrs,
                         state["step"])

@@ -1,7 +1,7 @@
 """The in-memory LoRA adapter: A `[r, in]` and B `[out, r]` per layer and target module.
 
 Keys are `layers.{i}.{module}`. The adapter knows its geometry so that shapes, parameter counts
-and memory are computed from the real module shapes (`kernels.modules.module_shape`).
+and memory are computed from the real module shapes (`ruv_kernels.modules.module_shape`).
 """
 
 from __future__ import annotations

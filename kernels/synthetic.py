@@ -16,7 +16,7 @@ What a task's data is (DESIGN.md section 2):
 - Tasks really differ: latent family, latent size, amplitude range, sign pattern and offsets come
   from the task's profile (a stable FNV-1a hash of the name for custom tasks, never Python's
   `hash()`), and every partition, scale and draw is keyed by (seed, task, layer, kind).
-- Quality: the task's formula (kernels.quality) on the layer-0 `hidden` input.
+- Quality: the task's formula (ruv_kernels.quality) on the layer-0 `hidden` input.
 - Truth: per (layer, module) a rank-`k` delta `U @ V` (`k = max(1, rank // 2)`, at most the preset
   rank): `V [k, in]` has unit rows inside the input subspace, `U [out, k]` has columns of norm
   `truth_scale * (1 - t / (2k))`. It is stored as the factors (U, V), not the dense matrix.

@@ -1,7 +1,7 @@
 """What a base model on disk is, read without running it: its geometry and a content hash.
 
 A base model is a local Hugging Face model directory (`config.json` plus `*.safetensors`) or a
-single `.gguf` file. Only Llama-family architectures (the block layout `kernels.modules` names)
+single `.gguf` file. Only Llama-family architectures (the block layout `ruv_kernels.modules` names)
 are accepted. Nothing here imports torch or transformers: the catalogue, `ruv presets` and the
 asset graph read a model's shapes from its `config.json` or from the GGUF header alone.
 

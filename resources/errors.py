@@ -21,3 +21,13 @@ def read_json_object(path: Path, error: type[Exception]) -> dict:
     if not isinstance(value, dict):
         raise error(f"{path}: expected a JSON object")
     return value
+class SlotError(ValueError):
+    """A slot operation was refused or found the slot in a state it cannot use; says why."""
+
+
+class SlotConflictError(SlotError):
+    """Compare-and-swap failed: the slot is not at the generation the caller expected."""
+
+
+class SlotLockedError(SlotError):
+    """Another promoter held the slot's lock for longer than the lock timeout."""

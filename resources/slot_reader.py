@@ -19,7 +19,7 @@ How it stays consistent while promoters swap under it:
 - Generations only increase: every swap, rollbacks included, gets a new, larger generation.
 
 For vLLM/LoRAX, hand out `active_path()` (the resolved version directory) with the generation in
-the adapter name; see `resources.slot` for the exact calls.
+the adapter name; docs/serving.md has the exact calls.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ruv_kernels.adapter import LoraAdapter
-from ruv_resources.slot import ACTIVE, VERSIONS, SlotError, check_version, is_version_name, parse_version
+from ruv_resources.errors import SlotError
+from ruv_resources.slot_format import ACTIVE, VERSIONS, check_version, is_version_name, parse_version
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ def problems_for(dataset: Dataset, keys: list[str]) -> list[ModuleProblem]:
 
 def validation_loss(adapter: LoraAdapter, problems: list[ModuleProblem], q_val: np.ndarray) -> float:
     """Quality-weighted val MSE per output element, averaged over the problems' modules (see
-    kernels.train); build the problems once with `problems_for` and score several adapters on them."""
+    ruv_kernels.train); build the problems once with `problems_for` and score several adapters on them."""
     keys = [p.key for p in problems]
     A = {k: adapter.A[k].astype(np.float32) for k in keys}
     B = {k: adapter.B[k].astype(np.float32) for k in keys}

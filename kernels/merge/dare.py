@@ -3,7 +3,7 @@
 Each source's dense delta keeps every entry independently with probability `density` and the
 kept entries are divided by `density`, so the delta is unchanged in expectation. The mask is a
 pure function of (seed, source index, module key, entry index) -- a SplitMix64 stream, see
-`kernels.merge.sparsify.dare_mask` -- so it is fixed by the seed whatever the thread count.
+`ruv_kernels.merge.sparsify.dare_mask` -- so it is fixed by the seed whatever the thread count.
 Then `dare_combine="linear"`: lam * sum_i w_i * dare(delta_i) (task arithmetic), or `"ties"`:
 sign election and disjoint mean over the dropped-and-rescaled deltas, without TIES' magnitude
 trim (as PEFT's `dare_ties` and mergekit do), times lam.

@@ -1,5 +1,5 @@
 """The fused dense kernels against the reference compositions of small pure steps
-(`kernels.merge.steps`), on sizes that cross tile boundaries, with ties, zeros and odd shapes."""
+(`ruv_kernels.merge.steps`), on sizes that cross tile boundaries, with ties, zeros and odd shapes."""
 
 import numpy as np
 import pytest

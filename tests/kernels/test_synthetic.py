@@ -1,5 +1,5 @@
 """Synthetic task data: determinism, per-task differences, shapes, truth, quality, noise floor,
-and the name hash (user data is validated by resources.dataset_format)."""
+and the name hash (user data is validated by ruv_resources.dataset_format)."""
 
 
 import numpy as np

@@ -69,7 +69,7 @@ def test_safetensors_files_are_byte_reproducible(tmp_path):
     import sys
 
     script = (
-        "import numpy as np, sys; from resources.safetensors_io import save_file_deterministic; "
+        "import numpy as np, sys; from ruv_resources.safetensors_io import save_file_deterministic; "
         "save_file_deterministic({'b': np.ones((2, 3), np.float32), 'a': np.zeros(5, np.float16)}, sys.argv[1], "
         "{'format': 'pt', 'z': '1', 'm': '2', 'a': '3', 'q': '4'})"
     )
