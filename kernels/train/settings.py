@@ -31,7 +31,9 @@ class TrainSettings:
     to `train`; it multiplies a Fisher made of squared gradients of L, so its useful size depends on
     the data's units (on the synthetic tasks ~1-100 trades old task against new; 2000 all but
     freezes the anchored weights). `num_threads` 0 = NUMBA_NUM_THREADS; use 1 when several
-    trainings share the cores.
+    trainings share the cores. `dropout` p: inverted dropout on the LoRA input during training
+    steps, as PEFT's `lora_dropout` (each entry of a minibatch's X zeroed with probability p, the
+    rest scaled by 1/(1-p), seeded by `seed` and the step); evaluations see the clean inputs.
     """
 
     epochs: int = 40
@@ -60,6 +62,7 @@ class TrainSettings:
     fisher_decay: float = 0.999
     seed: int = 0
     num_threads: int = 0
+    dropout: float = 0.0
 
     def schedule_params(self) -> dict:
         return {"min_lr_ratio": self.min_lr_ratio, "gamma": self.gamma, "step_size": self.step_size,
@@ -124,6 +127,8 @@ class TrainSettings:
         if not 0.0 <= num("fisher_decay") < 1.0:
             raise ValueError(f"fisher_decay must lie in [0, 1), got {self.fisher_decay}")
         integer("seed")
+        if not 0.0 <= num("dropout") < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if integer("num_threads") < 0 or self.num_threads > numba.config.NUMBA_NUM_THREADS:
             raise ValueError(f"num_threads must lie in [0, {numba.config.NUMBA_NUM_THREADS}] "
                              f"(0 = NUMBA_NUM_THREADS), got {self.num_threads}")
