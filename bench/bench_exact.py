@@ -20,10 +20,10 @@
    presets' statistics.
 4. `asset`: the same comparison through `trained_adapter`'s own entry points, on the datasets the
    asset generates (catalogue presets, seed `stable_seed(name)`, the PEFT-initialised preset as
-   SGD's start): SGD = `problems_for` + `kernels.train.train(TrainingConfig().settings(p))`;
+   SGD's start): SGD = `problems_for` + `kernels.train.train(TrainingConfig(dropout=p).settings())`;
    exact = `ruv_assets.optimum.statistics` + `exact_fit` (default ridge_rel, select_rank). Each
-   with dropout 0 and with the preset's lora_dropout (the asset's default); every checkpoint
-   certified (`optimum.certify`) as the asset does. Prints wall time, ratio, val/floor, the
+   with dropout 0 (the default) and with the preset's lora_dropout; every checkpoint
+   certified (`optimum.certify`) as the asset does (dropout: `use_lora_dropout: true`). Prints wall time, ratio, val/floor, the
    optimality gap and the exact solution's validation loss over the floor.
 """
 
@@ -212,7 +212,7 @@ def bench_asset() -> None:
     from kernels.synthetic import generate_task
 
     geo = current_geometry()
-    config = TrainingConfig()
+    config = TrainingConfig()  # its settings with the given dropout below
     print(f"\ntrained_adapter's entry points ({geo.hidden_size}/{geo.intermediate_size}, {geo.num_layers} layers, the "
           f"asset's datasets): exact (statistics + exact_fit) vs SGD (problems_for + train), default TrainingConfig")
     print(f"  {'preset':10s} {'dropout':>7s} {'exact s':>8s} {'SGD s':>7s} {'ratio':>6s} {'exact val/fl':>12s}"
@@ -229,7 +229,7 @@ def bench_asset() -> None:
         floor = dataset.meta["noise_floor"]
         q_val = dataset.quality[dataset.val_idx]
         for p in sorted({0.0, float(entry.dropout)}):
-            settings = config.settings(p)
+            settings = TrainingConfig(dropout=p).settings()
             t0 = time.perf_counter()
             stats = optimum.statistics(dataset, keys, settings.quality_threshold)
             fit = optimum.exact_fit(stats, spec.rank, spec.scale, ridge_rel=config.ridge_rel, dropout=p,

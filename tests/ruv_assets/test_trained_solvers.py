@@ -57,7 +57,7 @@ def test_exact_solver_reaches_the_optimum(tmp_path, float16):
 
 
 def test_sgd_checkpoint_carries_its_certificate(tmp_path):
-    result = run(tmp_path, {"epochs": 5})  # stored, though too short to pass the noise-floor gate
+    result = run(tmp_path, {"epochs": 5, "use_lora_dropout": True})  # stored, though too short to pass the noise-floor gate
     meta = trained_meta(result)
     assert meta["solver"] == "sgd" and meta["dropout"] == pytest.approx(0.1)  # the preset's lora_dropout
     assert meta["optimal_train_loss"] > 0 and meta["optimality_gap"] > 0  # 5 epochs: short of the optimum
