@@ -98,3 +98,24 @@ def certify(A: dict[str, np.ndarray], B: dict[str, np.ndarray], scale: float, st
     cert = certificate({k: (A[k].astype(np.float32), B[k].astype(np.float32), scale) for k in stats.train},
                        stats.train, val_stats=stats.val)
     return {"train_loss": cert.train_loss, **cert.metadata()}
+
+
+SWEEP_LAMS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+
+
+def consolidation_curve(stats: Statistics, rank: int, scale: float, old: tuple[dict, dict], *, ridge_rel: float,
+                        dropout: float, lams=SWEEP_LAMS) -> list[dict[str, float]]:
+    """The trade-off the asset page shows for `consolidation: exact`: for each lambda, the new
+    task's validation loss and the old task's mean loss increase (from its stored Gram,
+    tr(E G_old E^T) / (q_sum_old out), E = D - D_old), both means over modules."""
+    deltas, grams = old
+    rows = []
+    for lam in lams:
+        fit = exact_fit(stats, rank, scale, ridge_rel=ridge_rel, dropout=dropout, select_rank=False, old=old, lam=lam)
+        rises = []
+        for k in stats.train:
+            G_old, q_old = grams[k]
+            E = scale * (fit.B[k].astype(np.float64) @ fit.A[k].astype(np.float64)) - deltas[k]
+            rises.append(float(np.sum((E @ G_old) * E)) / (q_old * E.shape[0]))
+        rows.append({"lam": float(lam), "new_val_loss": fit.val_loss, "old_loss_increase": float(np.mean(rises))})
+    return rows

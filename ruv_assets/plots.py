@@ -25,11 +25,7 @@ def loss_curve_png(history: list[dict], noise_floor: float | None = None, title:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def tradeoff_png(curves: dict[str, list[dict]], title: str = "", x: str = "new_val_loss", y: str = "old_val_loss",
@@ -52,6 +48,12 @@ def tradeoff_png(curves: dict[str, list[dict]], title: str = "", x: str = "new_v
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    from matplotlib import pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -41,7 +41,7 @@ from ruv_assets import optimum, versions
 from ruv_assets.config import AdapterMetadata
 from ruv_assets.evaluation import delta_rel_error, problems_for, validation_loss, zero_validation_loss
 from ruv_assets.partitions import adapter_partitions
-from ruv_assets.plots import loss_curve_png, markdown_image, markdown_table
+from ruv_assets.plots import loss_curve_png, markdown_image, markdown_table, tradeoff_png
 from ruv_assets.catalogue import current_catalogue
 from ruv_assets.resources import GeometryResource
 from ruv_assets.worker import where_it_ran
@@ -141,8 +141,8 @@ def trained_adapter(
     stats = optimum.statistics(dataset, keys, settings.quality_threshold)  # the solver's and the certificate's
     stats_seconds = time.perf_counter() - started
     started = time.perf_counter()
+    old = None
     if exact:
-        old = None
         if previous is not None:
             old = (_deltas(start), _stored_gram(name, resumed_from, previous[3]))
         fit = optimum.exact_fit(stats, declared.rank, start.scale, ridge_rel=config.ridge_rel, dropout=settings.dropout,
@@ -164,6 +164,15 @@ def trained_adapter(
             ewc=ewc,
         )
     seconds = time.perf_counter() - started
+    sweep = {}
+    if exact and old is not None:  # the trade-off around the chosen lambda, on the asset page
+        lams = sorted(set(optimum.SWEEP_LAMS) | {float(config.consolidation_lambda)})
+        rows = optimum.consolidation_curve(stats, declared.rank, start.scale, old, ridge_rel=config.ridge_rel,
+                                           dropout=settings.dropout, lams=lams)
+        png = tradeoff_png({"exact consolidation": rows}, f"trained_adapter[{name}]: lambda sweep", y="old_loss_increase",
+                           ylabel="old task's loss increase (its stored Gram)")
+        sweep = {"consolidation_sweep": MetadataValue.md(markdown_image(png, "consolidation sweep") + "\n\n"
+                                                          + markdown_table(rows))}
     trained = LoraAdapter(declared, result.A, result.B)
     dtype = "float16" if config.mixed_precision else "float32"
     stored_adapter = trained.astype(np.float16) if config.mixed_precision else trained
@@ -234,6 +243,7 @@ def trained_adapter(
             "dataset_version": synthetic_dataset.data_version,
             "loss_curve": MetadataValue.md(markdown_image(loss_curve_png(result.history, floor, f"trained_adapter[{name}]"), "loss curve")),
             "history": MetadataValue.md(markdown_table(history_rows)),
+            **sweep,
             **where_it_ran(),
         },
     )

@@ -80,6 +80,7 @@ def test_exact_consolidation_stays_with_the_old_task(tmp_path):
     meta = trained_meta(strong)  # stored, but it fails the new task's gates: the old task won
     assert not strong.success
     assert meta["consolidation"] == "exact" and meta["resumed_from"] != "preset"
+    assert "data:image/png;base64," in meta["consolidation_sweep"] and "old_loss_increase" in meta["consolidation_sweep"]
     new = load_adapter(meta["path"]).adapter
     for k in old.keys():  # on the old task's inputs the new delta acts as the old one (the penalty is ~0)
         G, E, D = grams[k][0], new.delta(k).astype(np.float64) - old.delta(k), old.delta(k).astype(np.float64)
