@@ -53,6 +53,11 @@ def exact_fit(stats: Statistics, rank: int, scale: float, *, ridge_rel: float, d
     Consolidation keeps the adapter's full rank: selecting a rank on the new task's validation
     rows alone would drop the old task's directions. Raises ExactSolveError (one line naming the
     module) before anything is stored."""
+    for key, st in stats.train.items():  # before any factorisation: a zero Gram would read as "singular"
+        if st.n == 0:
+            raise ExactSolveError(key, "no examples above the quality threshold (n = 0)")
+        if st.n < rank:
+            raise ExactSolveError(key, f"only {st.n} examples above the quality threshold, fewer than the rank {rank}")
     if old is None:
         sols = solve_adapter(stats.train, rank, scale, val=stats.val, ridge_rel=ridge_rel, dropout=dropout,
                              select_rank=select_rank)

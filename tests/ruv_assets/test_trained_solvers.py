@@ -93,6 +93,7 @@ def test_exact_consolidation_stays_with_the_old_task(tmp_path):
     ({"consolidation": "exact"}, "consolidation: exact needs solver: exact"),
     ({"solver": "exact", "ridge_rel": -1.0}, "ridge_rel"),
     ({"dropout": 1.0}, "dropout"),
+    ({"solver": "exact", "quality_threshold": 1.0}, "layers.0.q_proj: no examples above the quality threshold"),
 ])
 def test_bad_solver_config_fails_before_writing(tmp_path, config, message):
     assert run(tmp_path, assets=("preset", "dataset")).success
