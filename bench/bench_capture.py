@@ -28,12 +28,12 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
-from resources.capture.fit import capture_statistics, fit_layer  # noqa: E402
-from resources.capture.judge import judge_adapter  # noqa: E402
-from resources.capture.models import load_model, teacher_from_adapter  # noqa: E402
-from resources.capture.windows import cut_windows, make_windows  # noqa: E402
-from resources.peft_format import save_adapter  # noqa: E402
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
+from ruv_resources.capture.fit import capture_statistics, fit_layer  # noqa: E402
+from ruv_resources.capture.judge import judge_adapter  # noqa: E402
+from ruv_resources.capture.models import load_model, teacher_from_adapter  # noqa: E402
+from ruv_resources.capture.windows import cut_windows, make_windows  # noqa: E402
+from ruv_resources.peft_format import save_adapter  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 TOKENS = int(os.environ.get("BENCH_CAPTURE_TOKENS", "4096"))

@@ -27,9 +27,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from kernels.adapter import LoraAdapter  # noqa: E402
-from kernels.synthetic import generate_task  # noqa: E402
-from kernels.train import EwcState, train  # noqa: E402
+from ruv_kernels.adapter import LoraAdapter  # noqa: E402
+from ruv_kernels.synthetic import generate_task  # noqa: E402
+from ruv_kernels.train import EwcState, train  # noqa: E402
 from ruv_assets import optimum  # noqa: E402
 from ruv_assets.assets.dataset import synthetic_to_dataset  # noqa: E402
 from ruv_assets.catalogue import current_catalogue, current_geometry  # noqa: E402

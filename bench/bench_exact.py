@@ -43,7 +43,7 @@ import tracemalloc  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kernels.exact import (ModuleStats, accumulate_gram, certificate, dataset_rows, dataset_stats,  # noqa: E402
+from ruv_kernels.exact import (ModuleStats, accumulate_gram, certificate, dataset_rows, dataset_stats,  # noqa: E402
                            ridge_factor, solve_adapter, solve_reduced_rank, split_weights)
 
 ONLY = set(os.environ.get("BENCH_ONLY", "gram,solve,presets,asset").split(","))
@@ -155,9 +155,9 @@ PRESETS = {  # rank, alpha, targets, as ruv_assets.presets declares them
 def bench_presets() -> None:
     import math
 
-    from kernels.modules import lora_scale
-    from kernels.synthetic import generate_task
-    from kernels.train import TrainSettings, build_problems, train
+    from ruv_kernels.modules import lora_scale
+    from ruv_kernels.synthetic import generate_task
+    from ruv_kernels.train import TrainSettings, build_problems, train
 
     threshold = TrainSettings().quality_threshold
     warm = generate_task("reviewer", ["q_proj"], 4, 64, 128, 1, 100, 0)  # JIT-compile SGD's kernels untimed
@@ -201,15 +201,15 @@ def bench_presets() -> None:
 
 
 def bench_asset() -> None:
-    from kernels.adapter import LoraAdapter
-    from kernels.train import train
+    from ruv_kernels.adapter import LoraAdapter
+    from ruv_kernels.train import train
     from ruv_assets import optimum
     from ruv_assets.assets.dataset import synthetic_to_dataset
     from ruv_assets.catalogue import current_catalogue, current_geometry
     from ruv_assets.evaluation import problems_for, validation_loss
     from ruv_assets.preset_seed import stable_seed
     from ruv_assets.training_config import TrainingConfig
-    from kernels.synthetic import generate_task
+    from ruv_kernels.synthetic import generate_task
 
     geo = current_geometry()
     config = TrainingConfig()  # its settings with the given dropout below

@@ -14,8 +14,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
-from kernels.lora import forward_stacked_into, forward_vector_into  # noqa: E402
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
+from ruv_kernels.lora import forward_stacked_into, forward_vector_into  # noqa: E402
 
 REPEATS, INNER = 15, 2000
 

@@ -35,11 +35,11 @@ import warnings  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kernels.merge import merge  # noqa: E402
-from kernels.merge.fused import fused_args, ties_fused, weighted_sum_into
-from kernels.merge.select import trim_thresholds
-from kernels.merge.sparsify import dare_inplace, dare_key, keep_threshold, trim_inplace
-from kernels.merge.ties import ties_dense  # noqa: E402
+from ruv_kernels.merge import merge  # noqa: E402
+from ruv_kernels.merge.fused import fused_args, ties_fused, weighted_sum_into
+from ruv_kernels.merge.select import trim_thresholds
+from ruv_kernels.merge.sparsify import dare_inplace, dare_key, keep_threshold, trim_inplace
+from ruv_kernels.merge.ties import ties_dense  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 N = 1024 if QUICK else 4096

@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from bench.bench_exact import PRESETS  # noqa: E402
-from kernels.exact import certificate, dataset_stats, split_weights  # noqa: E402
-from kernels.modules import lora_scale  # noqa: E402
-from kernels.synthetic import generate_task  # noqa: E402
-from kernels.train import TrainSettings, build_problems, train  # noqa: E402
+from ruv_kernels.exact import certificate, dataset_stats, split_weights  # noqa: E402
+from ruv_kernels.modules import lora_scale  # noqa: E402
+from ruv_kernels.synthetic import generate_task  # noqa: E402
+from ruv_kernels.train import TrainSettings, build_problems, train  # noqa: E402
 
 
 def main(variants: list[dict], names: list[str]) -> None:

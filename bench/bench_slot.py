@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.adapter import AdapterSpec, LoraAdapter
-from resources.peft_format import save_adapter
-from resources.slot import Slot
-from resources.slot_reader import SlotReader
-from resources.store import fsync_tree
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter
+from ruv_resources.peft_format import save_adapter
+from ruv_resources.slot import Slot
+from ruv_resources.slot_reader import SlotReader
+from ruv_resources.store import fsync_tree
 
 CODER = AdapterSpec(rank=16, alpha=32.0, targets=("q_proj", "k_proj", "v_proj", "o_proj"), hidden_size=768, intermediate_size=3072, num_layers=2)
 

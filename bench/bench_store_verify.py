@@ -28,14 +28,14 @@ def best(fn, repeat: int = 5) -> float:
 
 
 def main() -> int:
-    from kernels.adapter import LoraAdapter
-    from resources.dataset_format import load_dataset
-    from resources.peft_format import load_adapter, save_adapter
-    from resources.store import ArtifactStore, hash_directory
+    from ruv_kernels.adapter import LoraAdapter
+    from ruv_resources.dataset_format import load_dataset
+    from ruv_resources.peft_format import load_adapter, save_adapter
+    from ruv_resources.store import ArtifactStore, hash_directory
     from ruv_assets.assets.dataset import synthetic_to_dataset
     from ruv_assets.catalogue import current_catalogue, current_geometry
-    from kernels.synthetic import generate_task
-    from resources.dataset_format import save_dataset
+    from ruv_kernels.synthetic import generate_task
+    from ruv_resources.dataset_format import save_dataset
 
     geo = current_geometry()
     entry = current_catalogue().adapter("security")

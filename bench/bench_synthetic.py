@@ -26,7 +26,7 @@ def main() -> None:
 
     import numpy as np
 
-    from kernels.synthetic import generate_task
+    from ruv_kernels.synthetic import generate_task
 
     cases = [
         ("coder q,k,v,o  1 layer  n=1000 @768", ("coder", ["q_proj", "k_proj", "v_proj", "o_proj"], 16, 768, 3072, 1, 1000)),

@@ -39,12 +39,12 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from kernels.modules import lora_scale
-    from kernels.train import OPT_CODE, ModuleProblem
-    from kernels.train.evaluation import target_sqnorms
-    from kernels.train.bundles import Hyper
-    from kernels.train.steps import run_steps
-    from kernels.train.workspace import Workspace
+    from ruv_kernels.modules import lora_scale
+    from ruv_kernels.train import OPT_CODE, ModuleProblem
+    from ruv_kernels.train.evaluation import target_sqnorms
+    from ruv_kernels.train.bundles import Hyper
+    from ruv_kernels.train.steps import run_steps
+    from ruv_kernels.train.workspace import Workspace
 
     torch.set_num_threads(args.threads)
     n_pool, d, r, bs = 4096, 768, 16, args.batch

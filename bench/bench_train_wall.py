@@ -23,9 +23,9 @@ def main() -> None:
 
     from test_train_acceptance import PRESETS, peft_init
 
-    from kernels.modules import lora_scale
-    from kernels.synthetic import generate_task
-    from kernels.train import TrainSettings, build_problems, train
+    from ruv_kernels.modules import lora_scale
+    from ruv_kernels.synthetic import generate_task
+    from ruv_kernels.train import TrainSettings, build_problems, train
 
     warm = True
     for name in sorted(PRESETS):

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels import lora
-from kernels.hashing import all_finite
-from kernels.modules import ALL_MODULES, MLP_MODULES, lora_scale, module_shape
+from ruv_kernels import lora
+from ruv_kernels.hashing import all_finite
+from ruv_kernels.modules import ALL_MODULES, MLP_MODULES, lora_scale, module_shape
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from numba import njit
 
-from kernels.finite import all_finite  # noqa: F401  (kept importable here for kernels.adapter)
+from ruv_kernels.finite import all_finite  # noqa: F401  (kept importable here for kernels.adapter)
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
 GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: the splitmix64 increment

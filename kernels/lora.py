@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.fastmath import FASTMATH
+from ruv_kernels.fastmath import FASTMATH
 
 
 @njit(cache=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from kernels.hashing import mix64 as _mix64
+from ruv_kernels.hashing import mix64 as _mix64
 
 QUALITY_TASKS = ("coder", "researcher", "security", "architect", "reviewer")
 

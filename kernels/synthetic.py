@@ -48,12 +48,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from kernels.fastmath import FASTMATH_APPROX
-from kernels.hashing import mix64 as _mix64
-from kernels.hashing import name_hash as stable_hash
-from kernels.hashing import mix64_py as _mix_py
-from kernels.modules import ALL_MODULES, INPUT_KIND, module_shape
-from kernels.quality import quality_scores
+from ruv_kernels.fastmath import FASTMATH_APPROX
+from ruv_kernels.hashing import mix64 as _mix64
+from ruv_kernels.hashing import name_hash as stable_hash
+from ruv_kernels.hashing import mix64_py as _mix_py
+from ruv_kernels.modules import ALL_MODULES, INPUT_KIND, module_shape
+from ruv_kernels.quality import quality_scores
 
 INPUT_KINDS = ("hidden", "attn_out", "mlp_act")
 

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.errors import StoreError
+from ruv_resources.errors import StoreError
 
 # model_type (config.json) / general.architecture (GGUF) -> the class transformers builds
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",

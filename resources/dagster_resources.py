@@ -12,7 +12,7 @@ from __future__ import annotations
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 from pydantic import Field
 
-from resources.store import ArtifactStore, StoredObject, default_root
+from ruv_resources.store import ArtifactStore, StoredObject, default_root
 
 
 class StoreResource(ConfigurableResource):
@@ -52,6 +52,6 @@ class SlotsResource(ConfigurableResource):
     root: str = Field("", description="slots root; empty = $RUV_SLOTS, default <RUV_HOME>/slots")
 
     def slot(self, name: str):
-        from resources.slot import Slot, slots_root
+        from ruv_resources.slot import Slot, slots_root
 
         return Slot(self.root or slots_root(), name)

@@ -28,10 +28,10 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file
 
-from resources.safetensors_io import save_file_deterministic
+from ruv_resources.safetensors_io import save_file_deterministic
 
-from kernels.adapter import split_key
-from kernels.modules import module_shape
+from ruv_kernels.adapter import split_key
+from ruv_kernels.modules import module_shape
 
 DATASET_NAME = "dataset.safetensors"
 _USER_FILE = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.safetensors$")

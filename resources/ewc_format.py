@@ -18,8 +18,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from kernels.train import EwcState
-from resources.safetensors_io import save_file_deterministic
+from ruv_kernels.train import EwcState
+from ruv_resources.safetensors_io import save_file_deterministic
 
 STATE_NAME = "training_state.safetensors"
 

@@ -22,11 +22,11 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from resources.safetensors_io import save_file_deterministic
+from ruv_resources.safetensors_io import save_file_deterministic
 
-from kernels.adapter import AdapterSpec, LoraAdapter, split_key
-from kernels.modules import ALL_MODULES, module_block
-from resources.errors import AdapterFormatError
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter, split_key
+from ruv_kernels.modules import ALL_MODULES, module_block
+from ruv_resources.errors import AdapterFormatError
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"

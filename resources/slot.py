@@ -70,10 +70,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from resources.errors import AdapterFormatError, StoreError
-from resources.peft_format import CONFIG_NAME, GEOMETRY_FIELDS as _GEOMETRY_FIELDS, WEIGHTS_NAME, LoadedAdapter, full_geometry, load_adapter
-from resources.store import check_name, fsync_dir
-from resources.store import sha256_and_size as _sha256_and_size
+from ruv_resources.errors import AdapterFormatError, StoreError
+from ruv_resources.peft_format import CONFIG_NAME, GEOMETRY_FIELDS as _GEOMETRY_FIELDS, WEIGHTS_NAME, LoadedAdapter, full_geometry, load_adapter
+from ruv_resources.store import check_name, fsync_dir
+from ruv_resources.store import sha256_and_size as _sha256_and_size
 
 VERSIONS = "versions"
 ACTIVE = "active"
@@ -937,7 +937,7 @@ def _repair_torn_tail(path: Path) -> bool:
 
 def slots_root(home: str | os.PathLike | None = None) -> Path:
     """Where the slots live: `RUV_SLOTS`, else `<RUV_HOME>/slots` (RUV_HOME defaults to `.ruv`)."""
-    from resources.store import default_root
+    from ruv_resources.store import default_root
 
     if home is None and os.environ.get("RUV_SLOTS"):
         return Path(os.environ["RUV_SLOTS"])

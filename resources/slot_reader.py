@@ -28,8 +28,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kernels.adapter import LoraAdapter
-from resources.slot import ACTIVE, VERSIONS, SlotError, check_version, is_version_name, parse_version
+from ruv_kernels.adapter import LoraAdapter
+from ruv_resources.slot import ACTIVE, VERSIONS, SlotError, check_version, is_version_name, parse_version
 
 
 @dataclass(frozen=True)

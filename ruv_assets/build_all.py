@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from dagster import DagsterInstance, build_sensor_context
 
-from resources.store import ArtifactStore
+from ruv_resources.store import ArtifactStore
 
 
 @dataclass

@@ -34,9 +34,9 @@ from dagster import (
     sensor,
 )
 
-from resources.dagster_resources import StoreResource
-from resources.errors import StoreError
-from resources.store import ArtifactStore
+from ruv_resources.dagster_resources import StoreResource
+from ruv_resources.errors import StoreError
+from ruv_resources.store import ArtifactStore
 from ruv_assets.assets.entries import entry_version
 from ruv_assets.catalogue import current_catalogue, current_geometry
 from ruv_assets.jobs import merge_job, train_job

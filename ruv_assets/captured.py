@@ -13,14 +13,14 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from kernels.adapter import AdapterSpec, LoraAdapter
-from kernels.exact import loss_from_factors
-from kernels.modules import INPUT_KIND
-from resources.base_model import content_hash
-from resources.capture.corpus import read_corpus
-from resources.capture.files import load_layer_stats, load_windows, read_meta, save_layer_stats, save_windows, stats_bytes
-from resources.capture.windows import cut_windows, make_windows
-from resources.dataset_format import DatasetError
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter
+from ruv_kernels.exact import loss_from_factors
+from ruv_kernels.modules import INPUT_KIND
+from ruv_resources.base_model import content_hash
+from ruv_resources.capture.corpus import read_corpus
+from ruv_resources.capture.files import load_layer_stats, load_windows, read_meta, save_layer_stats, save_windows, stats_bytes
+from ruv_resources.capture.windows import cut_windows, make_windows
+from ruv_resources.dataset_format import DatasetError
 
 
 def _capture_extra():
@@ -35,14 +35,14 @@ def _capture_extra():
 @lru_cache(maxsize=2)
 def cached_model(path: str, version: str):
     """The base model, loaded once per process and content version."""
-    from resources.capture.models import load_model
+    from ruv_resources.capture.models import load_model
 
     return load_model(path)
 
 
 def teacher_for(base, capture):
     """`(teacher model, prefix token ids)` of a capture entry."""
-    from resources.capture.models import teacher_from_adapter, teacher_from_model
+    from ruv_resources.capture.models import teacher_from_adapter, teacher_from_model
 
     if capture.system_prompt is not None:
         return base, base.encode(capture.system_prompt) + base.encode("\n\n")
@@ -81,7 +81,7 @@ def build_dataset(directory: Path, name: str, capture, base_model_path: str, log
     save_windows(directory, windows, meta)
     log(f"{name}: {meta['train_windows']} training and {meta['heldout_windows']} held-out windows of {capture.window} tokens, {mode}")
     if mode == "teacher_forced":
-        from resources.capture.fit import capture_statistics
+        from ruv_resources.capture.fit import capture_statistics
 
         started = time.perf_counter()
         for stats in capture_statistics(teacher, base, windows, tuple(_targets_of(name)), batch=capture.batch_size, progress=log):
@@ -124,7 +124,7 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
     started = time.perf_counter()
     metrics: dict = {"mode": meta["mode"], "ridge_rel": ridge}
     if meta["mode"] == "teacher_forced":
-        from resources.capture.fit import fit_layer
+        from ruv_resources.capture.fit import fit_layer
 
         A, B, train_num, val_num, denom = {}, {}, 0.0, 0.0, 0
         for layer in range(spec.num_layers):
@@ -142,7 +142,7 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
         adapter = LoraAdapter(spec, A, B)
         metrics.update(train_loss=train_num / denom, val_loss=val_num / denom)
     else:
-        from resources.capture.fit import fit_sequential
+        from ruv_resources.capture.fit import fit_sequential
 
         base = cached_model(base_model_path, meta["base_model_hash"])
         teacher, _ = teacher_for(base, capture)
@@ -155,7 +155,7 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
 
 def judge(name: str, capture, dataset_dir: Path, adapter_dir: Path, base_model_path: str, log) -> dict:
     """KL to the teacher, top-1 agreement and perplexity on held-out windows, adapter loaded by PEFT."""
-    from resources.capture.judge import judge_adapter
+    from ruv_resources.capture.judge import judge_adapter
 
     base = cached_model(base_model_path, content_hash(base_model_path))
     teacher, _ = teacher_for(base, capture)

@@ -60,7 +60,7 @@ class CompositeConfig(BaseModel):
                 raise ValueError("slerp needs t in [0, 1]")
         if self.method in ("ties", "dare", "magnitude_prune", "prune_merged") and self.density is None:
             raise ValueError(f"{self.method} needs density in (0, 1]")
-        from kernels.merge import METHOD_PARAMS, REQUIRED_PARAMS  # the kernels' registry says what each method takes
+        from ruv_kernels.merge import METHOD_PARAMS, REQUIRED_PARAMS  # the kernels' registry says what each method takes
 
         values = {"weights": self.weights, "density": self.density, "t": self.t}
         lacking = [p for p in REQUIRED_PARAMS[self.method] if p in values and values[p] is None]
@@ -193,7 +193,7 @@ def _geometry_of(path: Path, parsed: CatalogueFile) -> tuple[ModelGeometry, str 
         return parsed.geometry or ModelGeometry(), None
     if parsed.geometry is not None:
         raise CatalogueError(f"{path}: geometry: give either base_model or geometry; with a base model the shapes come from it")
-    from resources.base_model import BaseModelError, read_base_model
+    from ruv_resources.base_model import BaseModelError, read_base_model
 
     model = _resolve(path, parsed.base_model)
     try:

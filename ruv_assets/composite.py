@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from kernels.adapter import AdapterSpec, LoraAdapter, split_key
-from kernels.modules import ALL_MODULES
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter, split_key
+from ruv_kernels.modules import ALL_MODULES
 
 
 def merge_sources(sources: list[LoraAdapter]) -> list[dict]:

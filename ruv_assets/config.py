@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kernels.adapter import AdapterSpec
-from kernels.modules import ALL_MODULES
+from ruv_kernels.adapter import AdapterSpec
+from ruv_kernels.modules import ALL_MODULES
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")

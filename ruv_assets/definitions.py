@@ -7,7 +7,7 @@ coder chain from the CLI: 5.4 s warm in process against 9.7 s with a subprocess 
 
 from dagster import Definitions, in_process_executor
 
-from resources.dagster_resources import SlotsResource, StoreIOManager, StoreResource
+from ruv_resources.dagster_resources import SlotsResource, StoreIOManager, StoreResource
 from ruv_assets.assets.dataset import synthetic_dataset
 from ruv_assets.assets.entries import adapter_entry, composite_entry
 from ruv_assets.assets.sources import base_model, capture_corpus, capture_teacher

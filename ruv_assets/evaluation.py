@@ -3,9 +3,9 @@ learned delta's relative error against the known truth (synthetic data only)."""
 
 import numpy as np
 
-from kernels.adapter import LoraAdapter
-from kernels.train import ModuleProblem, build_problems, evaluate, zero_adapter_loss
-from resources.dataset_format import Dataset
+from ruv_kernels.adapter import LoraAdapter
+from ruv_kernels.train import ModuleProblem, build_problems, evaluate, zero_adapter_loss
+from ruv_resources.dataset_format import Dataset
 
 
 def problems_for(dataset: Dataset, keys: list[str]) -> list[ModuleProblem]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.exact import (ExactSolveError, certificate, consolidated_stats, consolidation_offset,
+from ruv_kernels.exact import (ExactSolveError, certificate, consolidated_stats, consolidation_offset,
                            dataset_rows, dataset_stats, dropout_ridge, loss_from_factors, ridge_factor, solve_adapter,
                            solve_reduced_rank, split_weights)
-from resources.dataset_format import Dataset
+from ruv_resources.dataset_format import Dataset
 
 
 @dataclass

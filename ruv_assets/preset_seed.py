@@ -1,6 +1,6 @@
 """Stable seeds derived from names (Python's hash() changes between processes)."""
 
-from kernels.hashing import name_crc32
+from ruv_kernels.hashing import name_crc32
 
 
 def stable_seed(name: str) -> int:

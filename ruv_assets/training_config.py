@@ -10,8 +10,8 @@ from typing import Literal
 from dagster import Config
 from pydantic import Field
 
-from kernels.exact import DEFAULT_RIDGE_REL
-from kernels.train import TrainSettings
+from ruv_kernels.exact import DEFAULT_RIDGE_REL
+from ruv_kernels.train import TrainSettings
 
 PRESETS: dict[str, dict] = {
     "default": {},

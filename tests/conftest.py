@@ -11,7 +11,7 @@ os.environ["NUMBA_CACHE_DIR"] = os.path.abspath(
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
 
 
 @pytest.fixture

@@ -18,18 +18,18 @@ closed form (reduced-rank ridge regression). One file per job:
     errors       ExactSolveError: one line naming the module and the reason
 """
 
-from kernels.exact.accumulate import accumulate_cross, accumulate_gram, stream_stats
-from kernels.exact.adapter import DEFAULT_RIDGE_REL, solve_adapter
-from kernels.exact.certificate import Certificate, ModuleCertificate, certificate
-from kernels.exact.consolidate import (ConsolidatedStats, consolidate_adapter, consolidated_stats,
+from ruv_kernels.exact.accumulate import accumulate_cross, accumulate_gram, stream_stats
+from ruv_kernels.exact.adapter import DEFAULT_RIDGE_REL, solve_adapter
+from ruv_kernels.exact.certificate import Certificate, ModuleCertificate, certificate
+from ruv_kernels.exact.consolidate import (ConsolidatedStats, consolidate_adapter, consolidated_stats,
                                        consolidation_offset, consolidation_sweep)
-from kernels.exact.dataset import dataset_rows, dataset_stats, split_weights
-from kernels.exact.dropout import dropout_ridge
-from kernels.exact.errors import ExactSolveError
-from kernels.exact.packing import pack_stats, unpack_stats
-from kernels.exact.loss import loss_from_factors, loss_from_rows, loss_from_stats
-from kernels.exact.solve import ExactSolution, RidgeFactor, ValidationData, ridge_factor, solve_reduced_rank
-from kernels.exact.stats import LayerStats, ModuleStats
+from ruv_kernels.exact.dataset import dataset_rows, dataset_stats, split_weights
+from ruv_kernels.exact.dropout import dropout_ridge
+from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.packing import pack_stats, unpack_stats
+from ruv_kernels.exact.loss import loss_from_factors, loss_from_rows, loss_from_stats
+from ruv_kernels.exact.solve import ExactSolution, RidgeFactor, ValidationData, ridge_factor, solve_reduced_rank
+from ruv_kernels.exact.stats import LayerStats, ModuleStats
 
 __all__ = [
     "ModuleStats", "LayerStats", "accumulate_gram", "accumulate_cross", "stream_stats",

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import blas
 
-from kernels.exact.errors import ExactSolveError
-from kernels.exact.gather import (
+from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.gather import (
     HALF_TABLE,
     add_lower,
     gather_rows,

@@ -8,10 +8,10 @@ The driver the `solver: exact` path needs: given per-module training statistics 
 
 from __future__ import annotations
 
-from kernels.exact.dropout import dropout_ridge
-from kernels.exact.errors import ExactSolveError
-from kernels.exact.solve import ExactSolution, ridge_factor, solve_reduced_rank
-from kernels.exact.stats import ModuleStats
+from ruv_kernels.exact.dropout import dropout_ridge
+from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.solve import ExactSolution, ridge_factor, solve_reduced_rank
+from ruv_kernels.exact.stats import ModuleStats
 
 DEFAULT_RIDGE_REL = 1e-4
 

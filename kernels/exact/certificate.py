@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.exact.errors import ExactSolveError
-from kernels.exact.loss import loss_from_factors, loss_from_rows
-from kernels.exact.solve import ExactSolution, ValidationData, ridge_factor, solve_reduced_rank
-from kernels.exact.stats import ModuleStats
+from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.loss import loss_from_factors, loss_from_rows
+from ruv_kernels.exact.solve import ExactSolution, ValidationData, ridge_factor, solve_reduced_rank
+from ruv_kernels.exact.stats import ModuleStats
 
 CERTIFICATE_RIDGE_REL = 1e-9
 

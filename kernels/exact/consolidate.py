@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.errors import ExactSolveError
 
 
 class ConsolidatedStats(NamedTuple):
@@ -63,7 +63,7 @@ def consolidate_adapter(new: dict, old: dict, old_deltas: dict[str, np.ndarray],
     stored statistics); old_deltas: {key: D_old [out, in]} (the old checkpoint's s B A). Modules
     that share both Grams (q/k/v of a layer) share one factorisation of G_new + lam G_old.
     """
-    from kernels.exact.solve import ridge_factor, solve_reduced_rank
+    from ruv_kernels.exact.solve import ridge_factor, solve_reduced_rank
 
     if set(new) != set(old) or set(new) != set(old_deltas):
         odd = sorted((set(new) ^ set(old)) | (set(new) ^ set(old_deltas)))
@@ -83,7 +83,7 @@ def consolidate_adapter(new: dict, old: dict, old_deltas: dict[str, np.ndarray],
 def consolidation_sweep(new: dict, old: dict, old_deltas: dict[str, np.ndarray], rank: int, scale, lams, *,
                         new_val: dict, old_val: dict, ridge_rel: float = 1e-4) -> list[dict[str, float]]:
     """The trade-off curve: for each lam, the new and the old task's validation loss (means over modules)."""
-    from kernels.exact.loss import loss_from_factors
+    from ruv_kernels.exact.loss import loss_from_factors
 
     rows = []
     for lam in lams:

@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from kernels.exact.errors import ExactSolveError
-from kernels.exact.solve import ValidationData
-from kernels.exact.stats import LayerStats, ModuleStats
-from kernels.modules import INPUT_KIND
+from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.solve import ValidationData
+from ruv_kernels.exact.stats import LayerStats, ModuleStats
+from ruv_kernels.modules import INPUT_KIND
 
 
 def split_weights(n_rows: int, rows, quality, threshold: float | None = None) -> np.ndarray:

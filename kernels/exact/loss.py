@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.errors import ExactSolveError
 
 
 def _check(name, G, C, rr, q_sum):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.exact.errors import ExactSolveError
-from kernels.exact.stats import ModuleStats
+from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.stats import ModuleStats
 
 _FIELDS = ("C", "rr", "q_sum", "n")
 

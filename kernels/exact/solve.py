@@ -28,10 +28,10 @@ import numpy as np
 from scipy.linalg import blas, cho_solve, cholesky, eigh, solve_triangular
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
 
-from kernels.exact.checks import gram_defect, shifted_copy
-from kernels.exact.errors import ExactSolveError
-from kernels.exact.gather import mirror_lower
-from kernels.exact.loss import factor_terms
+from ruv_kernels.exact.checks import gram_defect, shifted_copy
+from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.gather import mirror_lower
+from ruv_kernels.exact.loss import factor_terms
 
 _EPS = np.finfo(np.float64).eps
 _LANCZOS_MIN = 200       # below this size a dense eigensolver is as fast

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.exact.accumulate import stream_stats
-from kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.accumulate import stream_stats
+from ruv_kernels.exact.errors import ExactSolveError
 
 
 class ModuleStats:
@@ -110,14 +110,14 @@ class ModuleStats:
 
     def solve(self, rank: int, scale: float, **kwargs):
         """The exact rank-r optimum on these statistics (`solve_reduced_rank`; val= may be a ModuleStats)."""
-        from kernels.exact.solve import solve_reduced_rank
+        from ruv_kernels.exact.solve import solve_reduced_rank
 
         kwargs.setdefault("name", self.name)
         return solve_reduced_rank(self.G, self.C, rank, scale, rr=self.rr, q_sum=self.q_sum, n=self.n, **kwargs)
 
     def loss(self, D: np.ndarray) -> float:
         """Weighted mean squared error (per output element) of the dense delta D [out, in]."""
-        from kernels.exact.loss import loss_from_stats
+        from ruv_kernels.exact.loss import loss_from_stats
 
         return loss_from_stats(self.G, self.C, self.rr, self.q_sum, D, name=self.name)
 

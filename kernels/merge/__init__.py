@@ -24,10 +24,10 @@ streaming kernels, tested equal to `steps`).
 
 from __future__ import annotations
 
-from kernels.merge.params import COMBINES as DARE_COMBINES
-from kernels.merge.params import PARAM_DEFAULTS
-from kernels.merge.registry import METHOD_PARAMS, METHODS, REQUIRED_PARAMS, check_parameters, merge
-from kernels.merge.result import MergeError, MergeResult
+from ruv_kernels.merge.params import COMBINES as DARE_COMBINES
+from ruv_kernels.merge.params import PARAM_DEFAULTS
+from ruv_kernels.merge.registry import METHOD_PARAMS, METHODS, REQUIRED_PARAMS, check_parameters, merge
+from ruv_kernels.merge.result import MergeError, MergeResult
 
 __all__ = ["merge", "check_parameters", "MergeError", "MergeResult", "METHODS", "METHOD_PARAMS", "REQUIRED_PARAMS",
            "PARAM_DEFAULTS", "DARE_COMBINES"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.merge.lowrank import compress_lowrank, lowrank_norm, truncate_dense
-from kernels.merge.result import MergeResult, finish
-from kernels.merge.sources import Prepared
+from ruv_kernels.merge.lowrank import compress_lowrank, lowrank_norm, truncate_dense
+from ruv_kernels.merge.result import MergeResult, finish
+from ruv_kernels.merge.sources import Prepared
 
 
 def linear_merge(prep: Prepared, coeffs: dict[str, list[float]] | list[float], rank: int | None,

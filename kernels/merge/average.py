@@ -6,10 +6,10 @@ that only some sources train. Linear, hence exact at the summed rank.
 
 from __future__ import annotations
 
-from kernels.merge.assemble import linear_merge
-from kernels.merge.params import check_rank
-from kernels.merge.result import MergeResult
-from kernels.merge.sources import prepare
+from ruv_kernels.merge.assemble import linear_merge
+from ruv_kernels.merge.params import check_rank
+from ruv_kernels.merge.result import MergeResult
+from ruv_kernels.merge.sources import prepare
 
 NAME = "average"
 PARAMS = ("rank",)

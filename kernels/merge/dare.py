@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.merge.assemble import dense_merge
-from kernels.merge.generalized import sparse_merge_into
-from kernels.merge.params import check_combine, check_density, check_lam, check_seed, check_sparse, check_weights
-from kernels.merge.result import MergeError, MergeResult
-from kernels.merge.sources import prepare
-from kernels.merge.sparsify import dare_key, dare_mask
+from ruv_kernels.merge.assemble import dense_merge
+from ruv_kernels.merge.generalized import sparse_merge_into
+from ruv_kernels.merge.params import check_combine, check_density, check_lam, check_seed, check_sparse, check_weights
+from ruv_kernels.merge.result import MergeError, MergeResult
+from ruv_kernels.merge.sources import prepare
+from ruv_kernels.merge.sparsify import dare_key, dare_mask
 
 NAME = "dare"
 PARAMS = ("density", "weights", "lam", "seed", "dare_combine", "rank")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from kernels.merge.sparsify import TILE
+from ruv_kernels.merge.sparsify import TILE
 
 
 @njit(cache=True, parallel=True)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.merge.fused import fused_args, ties_fused, weighted_sum_into
-from kernels.merge.select import trim_thresholds
-from kernels.merge.sparsify import dare_apply, trim_inplace
+from ruv_kernels.merge.fused import fused_args, ties_fused, weighted_sum_into
+from ruv_kernels.merge.select import trim_thresholds
+from ruv_kernels.merge.sparsify import dare_apply, trim_inplace
 
 
 def sparse_merge_into(stack: np.ndarray, out: np.ndarray, *, sparsify: str | None, density: float | None,

@@ -8,11 +8,11 @@ To prune the merged delta instead, use `prune_merged`.
 
 from __future__ import annotations
 
-from kernels.merge.assemble import dense_merge
-from kernels.merge.generalized import sparse_merge_into
-from kernels.merge.params import check_sparse
-from kernels.merge.result import MergeResult
-from kernels.merge.sources import prepare
+from ruv_kernels.merge.assemble import dense_merge
+from ruv_kernels.merge.generalized import sparse_merge_into
+from ruv_kernels.merge.params import check_sparse
+from ruv_kernels.merge.result import MergeResult
+from ruv_kernels.merge.sources import prepare
 
 NAME = "magnitude_prune"
 PARAMS = ("density", "weights", "lam", "rank")

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from kernels.merge.result import MergeError
+from ruv_kernels.merge.result import MergeError
 
 COMBINES = ("linear", "ties")  # DARE's combine step
 # merge()'s keyword defaults: a value different from these counts as "given".

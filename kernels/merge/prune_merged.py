@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.merge.assemble import dense_merge
-from kernels.merge.params import check_sparse
-from kernels.merge.result import MergeResult
-from kernels.merge.sources import prepare
-from kernels.merge.sparsify import prune_inplace
+from ruv_kernels.merge.assemble import dense_merge
+from ruv_kernels.merge.params import check_sparse
+from ruv_kernels.merge.result import MergeResult
+from ruv_kernels.merge.sources import prepare
+from ruv_kernels.merge.sparsify import prune_inplace
 
 NAME = "prune_merged"
 PARAMS = ("density", "weights", "lam", "rank")

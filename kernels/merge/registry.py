@@ -7,9 +7,9 @@ checks and one of the `assemble` drivers, added to `_METHOD_MODULES` here.
 
 from __future__ import annotations
 
-from kernels.merge import average, dare, magnitude_prune, prune_merged, slerp, task_arithmetic, ties, weighted
-from kernels.merge.params import check_method_params
-from kernels.merge.result import MergeError, MergeResult
+from ruv_kernels.merge import average, dare, magnitude_prune, prune_merged, slerp, task_arithmetic, ties, weighted
+from ruv_kernels.merge.params import check_method_params
+from ruv_kernels.merge.result import MergeError, MergeResult
 
 _METHOD_MODULES = (average, weighted, task_arithmetic, slerp, ties, dare, magnitude_prune, prune_merged)
 

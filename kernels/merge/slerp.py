@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 
-from kernels.merge.assemble import linear_merge
-from kernels.merge.lowrank import lowrank_inner
-from kernels.merge.params import check_rank, check_t
-from kernels.merge.result import MergeResult
-from kernels.merge.sources import Prepared, prepare
+from ruv_kernels.merge.assemble import linear_merge
+from ruv_kernels.merge.lowrank import lowrank_inner
+from ruv_kernels.merge.params import check_rank, check_t
+from ruv_kernels.merge.result import MergeResult
+from ruv_kernels.merge.sources import Prepared, prepare
 
 NAME = "slerp"
 PARAMS = ("t", "rank")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.finite import is_finite
-from kernels.merge.result import MergeError
+from ruv_kernels.finite import is_finite
+from ruv_kernels.merge.result import MergeError
 
 
 @dataclass

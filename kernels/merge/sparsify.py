@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from kernels.hashing import GOLDEN, MASK64, mix64, mix64_py, name_crc32
-from kernels.merge.select import kth_largest_abs
+from ruv_kernels.hashing import GOLDEN, MASK64, mix64, mix64_py, name_crc32
+from ruv_kernels.merge.select import kth_largest_abs
 
 TILE = 4096
 SPARSIFIERS = ("magnitude", "random")

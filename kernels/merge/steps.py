@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.hashing import GOLDEN
+from ruv_kernels.hashing import GOLDEN
 
 
 def magnitude_mask(x: np.ndarray, density: float) -> np.ndarray:

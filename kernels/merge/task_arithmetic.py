@@ -6,10 +6,10 @@ the whole task vector. Linear, hence exact at the summed rank.
 
 from __future__ import annotations
 
-from kernels.merge.assemble import linear_merge
-from kernels.merge.params import check_lam, check_rank, check_weights
-from kernels.merge.result import MergeResult
-from kernels.merge.sources import prepare
+from ruv_kernels.merge.assemble import linear_merge
+from ruv_kernels.merge.params import check_lam, check_rank, check_weights
+from ruv_kernels.merge.result import MergeResult
+from ruv_kernels.merge.sources import prepare
 
 NAME = "task_arithmetic"
 PARAMS = ("weights", "lam", "rank")

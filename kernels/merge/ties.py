@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.merge.assemble import dense_merge
-from kernels.merge.generalized import ties_into
-from kernels.merge.params import check_density, check_lam, check_sparse, check_weights
-from kernels.merge.result import MergeError, MergeResult
-from kernels.merge.sources import prepare
+from ruv_kernels.merge.assemble import dense_merge
+from ruv_kernels.merge.generalized import ties_into
+from ruv_kernels.merge.params import check_density, check_lam, check_sparse, check_weights
+from ruv_kernels.merge.result import MergeError, MergeResult
+from ruv_kernels.merge.sources import prepare
 
 NAME = "ties"
 PARAMS = ("density", "weights", "lam", "rank")

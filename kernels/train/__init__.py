@@ -64,11 +64,11 @@ One job per file:
     loop         train: epochs, evaluations, early stopping, the best checkpoint
 """
 
-from kernels.train.evaluation import evaluate, evaluate_modules, module_gradients, zero_adapter_loss
-from kernels.train.loop import train
-from kernels.train.problems import build_problems
-from kernels.train.results import EwcState, ModuleProblem, TrainResult
-from kernels.train.settings import OPT_CODE, OPTIMIZERS, TrainSettings
+from ruv_kernels.train.evaluation import evaluate, evaluate_modules, module_gradients, zero_adapter_loss
+from ruv_kernels.train.loop import train
+from ruv_kernels.train.problems import build_problems
+from ruv_kernels.train.results import EwcState, ModuleProblem, TrainResult
+from ruv_kernels.train.settings import OPT_CODE, OPTIMIZERS, TrainSettings
 
 __all__ = ["EwcState", "ModuleProblem", "OPTIMIZERS", "OPT_CODE", "TrainResult", "TrainSettings", "build_problems",
            "evaluate", "evaluate_modules", "module_gradients", "train", "zero_adapter_loss"]

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from numba.typed import List
 
-from kernels.train.settings import OPT_CODE, TrainSettings
+from ruv_kernels.train.settings import OPT_CODE, TrainSettings
 
 
 class Modules(NamedTuple):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from kernels.fastmath import FASTMATH
-from kernels.train.gradients import grad_step
-from kernels.train.micro import dot1
-from kernels.train.problems import check_problems, prepare
-from kernels.train.results import ModuleProblem
-from kernels.train.bundles import Hyper
-from kernels.train.workspace import Workspace
+from ruv_kernels.fastmath import FASTMATH
+from ruv_kernels.train.gradients import grad_step
+from ruv_kernels.train.micro import dot1
+from ruv_kernels.train.problems import check_problems, prepare
+from ruv_kernels.train.results import ModuleProblem
+from ruv_kernels.train.bundles import Hyper
+from ruv_kernels.train.workspace import Workspace
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)

@@ -9,10 +9,10 @@ the bundles of `workspace` (Modules, Scratch, Layout, State, Hyper).
 import numpy as np
 from numba import njit, prange
 
-from kernels.fastmath import FASTMATH
-from kernels.train.micro import axpy1, axpy4, axpy4x2, dot1, dot4, dot4x2, dot4x4, rb_g1, rb_g4, rb_g4x2
-from kernels.train.bundles import State
-from kernels.train.optimizer import update_range
+from ruv_kernels.fastmath import FASTMATH
+from ruv_kernels.train.micro import axpy1, axpy4, axpy4x2, dot1, dot4, dot4x2, dot4x4, rb_g1, rb_g4, rb_g4x2
+from ruv_kernels.train.bundles import State
+from ruv_kernels.train.optimizer import update_range
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)

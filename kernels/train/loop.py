@@ -10,14 +10,14 @@ from typing import Callable
 import numba
 import numpy as np
 
-from kernels.finite import is_finite
-from kernels.train.evaluation import mean_loss, target_sqnorms
-from kernels.train.problems import check_problems, prepare
-from kernels.train.results import EwcState, ModuleProblem, TrainResult
-from kernels.train.settings import TrainSettings
-from kernels.train.steps import epoch_key, run_steps, shuffle
-from kernels.train.bundles import Hyper
-from kernels.train.workspace import Workspace
+from ruv_kernels.finite import is_finite
+from ruv_kernels.train.evaluation import mean_loss, target_sqnorms
+from ruv_kernels.train.problems import check_problems, prepare
+from ruv_kernels.train.results import EwcState, ModuleProblem, TrainResult
+from ruv_kernels.train.settings import TrainSettings
+from ruv_kernels.train.steps import epoch_key, run_steps, shuffle
+from ruv_kernels.train.bundles import Hyper
+from ruv_kernels.train.workspace import Workspace
 
 
 def train(

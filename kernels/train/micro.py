@@ -11,7 +11,7 @@ the 1-, 2- and 4-row forms is the unrolling.
 import numpy as np
 from numba import njit
 
-from kernels.fastmath import FASTMATH
+from ruv_kernels.fastmath import FASTMATH
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)

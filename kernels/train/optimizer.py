@@ -11,8 +11,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from kernels.fastmath import FASTMATH_APPROX
-from kernels.train.bundles import State
+from ruv_kernels.fastmath import FASTMATH_APPROX
+from ruv_kernels.train.bundles import State
 
 
 @njit(cache=True, fastmath=FASTMATH_APPROX)

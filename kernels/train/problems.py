@@ -8,9 +8,9 @@ from typing import Callable
 
 import numpy as np
 
-from kernels.finite import is_finite
-from kernels.modules import INPUT_KIND
-from kernels.train.results import ModuleProblem
+from ruv_kernels.finite import is_finite
+from ruv_kernels.modules import INPUT_KIND
+from ruv_kernels.train.results import ModuleProblem
 
 
 def as_storage(name: str, arr) -> np.ndarray:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import numba
 import numpy as np
 
-from kernels.schedules import lr_table, resolve_schedule, schedule_name
+from ruv_kernels.schedules import lr_table, resolve_schedule, schedule_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 OPT_CODE = {"adamw": 0, "adam": 1, "sgd": 2}  # what the optimiser kernel branches on

@@ -10,9 +10,9 @@ import math
 import numpy as np
 from numba import njit
 
-from kernels.hashing import mix64
-from kernels.train.gradients import grad_step
-from kernels.train.optimizer import update
+from ruv_kernels.hashing import mix64
+from ruv_kernels.train.gradients import grad_step
+from ruv_kernels.train.optimizer import update
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
 

@@ -6,9 +6,9 @@ import numba
 import numpy as np
 from numba import types
 
-from kernels.hashing import mix64_py
-from kernels.train.bundles import Chunks, Gather, Layout, Modules, Scratch, State, typed_list
-from kernels.train.steps import HALF_TO_FLOAT
+from ruv_kernels.hashing import mix64_py
+from ruv_kernels.train.bundles import Chunks, Gather, Layout, Modules, Scratch, State, typed_list
+from ruv_kernels.train.steps import HALF_TO_FLOAT
 
 
 def scale_of(scale, key: str) -> float:

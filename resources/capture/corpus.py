@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from resources.errors import StoreError
+from ruv_resources.errors import StoreError
 
 
 class CorpusError(StoreError):

@@ -20,9 +20,9 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file
 
-from resources.capture.windows import Windows
-from resources.dataset_format import DatasetError
-from resources.safetensors_io import save_file_deterministic
+from ruv_resources.capture.windows import Windows
+from ruv_resources.dataset_format import DatasetError
+from ruv_resources.safetensors_io import save_file_deterministic
 
 WINDOWS_NAME = "windows.safetensors"
 
@@ -76,7 +76,7 @@ def save_layer_stats(directory: str | os.PathLike, stats) -> Path:
 
 
 def load_layer_stats(directory: str | os.PathLike, layer: int):
-    from resources.capture.fit import LayerStats
+    from ruv_resources.capture.fit import LayerStats
 
     path = Path(directory) / stats_name(layer)
     try:
@@ -105,6 +105,6 @@ def stats_bytes(widths: dict[str, int], outs: dict[str, int], kinds: set[str], m
 
 
 def _kind(module: str) -> str:
-    from kernels.modules import INPUT_KIND
+    from ruv_kernels.modules import INPUT_KIND
 
     return INPUT_KIND[module]

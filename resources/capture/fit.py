@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.adapter import AdapterSpec, LoraAdapter
-from kernels.exact import accumulate_cross, accumulate_gram, solve_reduced_rank
-from kernels.modules import INPUT_KIND
-from resources.capture.layerwise import LayerRunner
-from resources.capture.windows import Windows
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter
+from ruv_kernels.exact import accumulate_cross, accumulate_gram, solve_reduced_rank
+from ruv_kernels.modules import INPUT_KIND
+from ruv_resources.capture.layerwise import LayerRunner
+from ruv_resources.capture.windows import Windows
 
 Progress = Callable[[str], None]
 

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from resources.capture.windows import Windows
+from ruv_resources.capture.windows import Windows
 
 
 def judge_adapter(base, teacher, windows: Windows, adapter_dir: str | os.PathLike | None, *, batch: int = 4) -> dict:
@@ -68,7 +68,7 @@ def _missing_lora_keys(model, adapter_dir) -> list[str]:
     """LoRA tensors in the file that PEFT did not put into the model (a silent partial load)."""
     from safetensors.numpy import load_file
 
-    from resources.peft_format import WEIGHTS_NAME
+    from ruv_resources.peft_format import WEIGHTS_NAME
 
     saved = load_file(os.path.join(str(adapter_dir), WEIGHTS_NAME))
     state = model.state_dict()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resources.base_model import BaseModelError, BaseModelInfo, read_base_model
-from resources.errors import AdapterFormatError
-from resources.peft_format import load_adapter
+from ruv_resources.base_model import BaseModelError, BaseModelInfo, read_base_model
+from ruv_resources.errors import AdapterFormatError
+from ruv_resources.peft_format import load_adapter
 
 
 @dataclass

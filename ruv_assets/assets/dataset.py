@@ -4,11 +4,11 @@ import numpy as np
 from dagster import AssetExecutionContext, Config, DataVersion, MetadataValue, Output, asset
 from pydantic import Field
 
-from kernels.modules import INPUT_KIND
-from kernels.synthetic import generate_task
-from resources.dagster_resources import StoreResource
-from resources.dataset_format import Dataset, check_dataset, load_user_folder, save_dataset
-from resources.store import StoredObject
+from ruv_kernels.modules import INPUT_KIND
+from ruv_kernels.synthetic import generate_task
+from ruv_resources.dagster_resources import StoreResource
+from ruv_resources.dataset_format import Dataset, check_dataset, load_user_folder, save_dataset
+from ruv_resources.store import StoredObject
 from ruv_assets import versions
 from ruv_assets.partitions import adapter_partitions
 from ruv_assets.preset_seed import stable_seed

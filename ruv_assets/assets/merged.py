@@ -15,11 +15,11 @@ from dagster import (
     asset,
 )
 
-from kernels.merge import merge
-from resources.dagster_resources import StoreResource
-from resources.dataset_format import load_dataset
-from resources.errors import StoreError
-from resources.peft_format import load_adapter, save_adapter
+from ruv_kernels.merge import merge
+from ruv_resources.dagster_resources import StoreResource
+from ruv_resources.dataset_format import load_dataset
+from ruv_resources.errors import StoreError
+from ruv_resources.peft_format import load_adapter, save_adapter
 from ruv_assets import versions
 from ruv_assets.composite import merge_sources, merged_adapter_from
 from ruv_assets.config import AdapterMetadata

@@ -6,10 +6,10 @@ import json
 
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
-from kernels.adapter import LoraAdapter
-from resources.dagster_resources import StoreResource
-from resources.peft_format import save_adapter
-from resources.store import StoredObject
+from ruv_kernels.adapter import LoraAdapter
+from ruv_resources.dagster_resources import StoreResource
+from ruv_resources.peft_format import save_adapter
+from ruv_resources.store import StoredObject
 from ruv_assets import versions
 from ruv_assets.config import AdapterMetadata
 from ruv_assets.partitions import adapter_partitions

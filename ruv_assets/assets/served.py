@@ -6,7 +6,7 @@ records which source version is active at which slot generation, so lineage show
 from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetRecordsFilter, Config, DataVersion, IdentityPartitionMapping, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from resources.dagster_resources import SlotsResource, StoreResource
+from ruv_resources.dagster_resources import SlotsResource, StoreResource
 from ruv_assets import versions
 from ruv_assets.partitions import slot_partitions, source_of
 from ruv_assets.resources import GeometryResource

@@ -29,14 +29,14 @@ from dagster import (
 )
 
 
-from kernels.adapter import LoraAdapter
-from kernels.train import EwcState, TrainResult, train
-from resources.dagster_resources import StoreResource
-from resources.dataset_format import check_dataset, load_dataset
-from resources.errors import StoreError
-from resources.ewc_format import load_ewc_state, load_gram_state, save_ewc_state, save_gram_state
-from resources.peft_format import load_adapter, save_adapter
-from resources.store import StoredObject
+from ruv_kernels.adapter import LoraAdapter
+from ruv_kernels.train import EwcState, TrainResult, train
+from ruv_resources.dagster_resources import StoreResource
+from ruv_resources.dataset_format import check_dataset, load_dataset
+from ruv_resources.errors import StoreError
+from ruv_resources.ewc_format import load_ewc_state, load_gram_state, save_ewc_state, save_gram_state
+from ruv_resources.peft_format import load_adapter, save_adapter
+from ruv_resources.store import StoredObject
 from ruv_assets import optimum, versions
 from ruv_assets.config import AdapterMetadata
 from ruv_assets.evaluation import delta_rel_error, problems_for, validation_loss, zero_validation_loss

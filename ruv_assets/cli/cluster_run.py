@@ -114,8 +114,8 @@ def latest_runs(instance, job: str) -> dict[str, object]:
 def outstanding(instance, catalogue, store) -> tuple[list[str], list[object]]:
     """What is not built yet (one line each), and the runs whose failure left it so."""
     from ruv_assets.build_sensors import ENTRY_TAG, INPUTS_TAG, merge_key, train_key
-    from resources.errors import StoreError
-    from resources.slot import Slot, slots_root
+    from ruv_resources.errors import StoreError
+    from ruv_resources.slot import Slot, slots_root
 
     pending, failed = [], []
     trains, merges, promotions = (latest_runs(instance, job) for job in JOBS)
@@ -161,7 +161,7 @@ def wait_for_build(instance, *, webserver: tuple[str, int], timeout: float, retr
 
     from ruv_assets.build_sensors import IN_FLIGHT
     from ruv_assets.catalogue import current_catalogue
-    from resources.store import ArtifactStore
+    from ruv_resources.store import ArtifactStore
 
     client = DagsterGraphQLClient(webserver[0], port_number=webserver[1])
     store = ArtifactStore()

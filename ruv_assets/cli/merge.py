@@ -12,10 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kernels.merge import METHODS, MergeError, merge
-from resources.errors import AdapterFormatError
-from resources.peft_format import load_adapter, save_adapter
-from resources.store import fsync_dir, fsync_tree, publishable_mode
+from ruv_kernels.merge import METHODS, MergeError, merge
+from ruv_resources.errors import AdapterFormatError
+from ruv_resources.peft_format import load_adapter, save_adapter
+from ruv_resources.store import fsync_dir, fsync_tree, publishable_mode
 from ruv_assets.cli import UserError
 from ruv_assets.composite import merge_sources, merged_adapter_from
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from resources.slot import Slot, SlotState
+from ruv_resources.slot import Slot, SlotState
 
 
 def register(subparsers) -> None:

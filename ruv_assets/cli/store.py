@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from resources.store import ArtifactStore, default_root
+from ruv_resources.store import ArtifactStore, default_root
 
 
 def register(subparsers) -> None:

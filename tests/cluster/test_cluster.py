@@ -12,7 +12,7 @@ import time
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterRunStatus, RunsFilter
 
-from resources.slot import Slot
+from ruv_resources.slot import Slot
 from tests.cluster.conftest import N_ADAPTERS, catalogue_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.cluster]

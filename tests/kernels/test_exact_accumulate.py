@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels.exact import (ExactSolveError, LayerStats, ModuleStats, accumulate_cross, accumulate_gram,
+from ruv_kernels.exact import (ExactSolveError, LayerStats, ModuleStats, accumulate_cross, accumulate_gram,
                            stream_stats)
 from tests.kernels.exact_reference import problem, stats
 

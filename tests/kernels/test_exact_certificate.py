@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels.exact import ExactSolveError, LayerStats, ModuleStats, certificate, solve_reduced_rank
+from ruv_kernels.exact import ExactSolveError, LayerStats, ModuleStats, certificate, solve_reduced_rank
 from tests.kernels.exact_reference import problem, reduced_rank_eigh, stats, weighted_loss
 
 
@@ -100,7 +100,7 @@ def test_certificate_bad_input():
 
 
 def test_validation_loss_from_rows_equals_from_statistics():
-    from kernels.exact import ValidationData, loss_from_rows
+    from ruv_kernels.exact import ValidationData, loss_from_rows
 
     X, R, q, st = _module(200, 9, 6, seed=20)
     Xv, Rv, qv, vst = _module(90, 9, 6, seed=21)

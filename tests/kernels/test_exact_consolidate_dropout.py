@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels.exact import (ExactSolveError, consolidated_stats, consolidation_offset, dropout_ridge,
+from ruv_kernels.exact import (ExactSolveError, consolidated_stats, consolidation_offset, dropout_ridge,
                            solve_reduced_rank)
 from tests.kernels.exact_reference import problem, stats
 
@@ -85,7 +85,7 @@ def test_dropout_ridge_equals_the_expectation_over_masks():
 
 
 def test_consolidation_sweep_trades_the_new_task_for_the_old():
-    from kernels.exact import ModuleStats, consolidate_adapter, consolidation_sweep
+    from ruv_kernels.exact import ModuleStats, consolidate_adapter, consolidation_sweep
 
     def stats_of(seed):
         X, R, q = problem(300, 8, 6, seed=seed, rank_true=3)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels.exact import ExactSolveError, dataset_stats, split_weights
+from ruv_kernels.exact import ExactSolveError, dataset_stats, split_weights
 from tests.kernels.exact_reference import stats
 
 
@@ -54,7 +54,7 @@ def test_missing_input_or_unknown_module():
 
 
 def test_solve_adapter_shares_factors_and_matches_single_solves():
-    from kernels.exact import dropout_ridge, solve_adapter, solve_reduced_rank
+    from ruv_kernels.exact import dropout_ridge, solve_adapter, solve_reduced_rank
 
     inputs, targets, quality = _dataset(n=120)
     tr = dataset_stats(inputs, targets, split_weights(120, np.arange(90), quality, threshold=0.2))
@@ -72,7 +72,7 @@ def test_solve_adapter_shares_factors_and_matches_single_solves():
 
 
 def test_pack_and_unpack_store_each_shared_gram_once():
-    from kernels.exact import pack_stats, unpack_stats
+    from ruv_kernels.exact import pack_stats, unpack_stats
 
     inputs, targets, quality = _dataset()
     st = dataset_stats(inputs, targets, quality)
@@ -93,7 +93,7 @@ def test_pack_and_unpack_store_each_shared_gram_once():
 
 
 def test_an_unpacked_module_with_its_own_gram_keeps_accumulating():
-    from kernels.exact import ModuleStats, pack_stats, unpack_stats
+    from ruv_kernels.exact import ModuleStats, pack_stats, unpack_stats
 
     inputs, targets, quality = _dataset()
     X, R = inputs["layers.0.mlp_act"], targets["layers.0.up_proj"][:, :8].copy()
@@ -106,7 +106,7 @@ def test_an_unpacked_module_with_its_own_gram_keeps_accumulating():
 
 
 def test_validation_from_raw_rows_equals_validation_from_statistics():
-    from kernels.exact import ValidationData, dataset_rows, solve_adapter
+    from ruv_kernels.exact import ValidationData, dataset_rows, solve_adapter
 
     inputs, targets, quality = _dataset(n=150)
     tr = dataset_stats(inputs, targets, split_weights(150, np.arange(100), quality, threshold=0.2))

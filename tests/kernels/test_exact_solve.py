@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels.exact import (ExactSolveError, ModuleStats, loss_from_factors, loss_from_stats, ridge_factor,
+from ruv_kernels.exact import (ExactSolveError, ModuleStats, loss_from_factors, loss_from_stats, ridge_factor,
                            solve_reduced_rank)
 from tests.kernels.exact_reference import objective, problem, reduced_rank_eigh, ridge_lstsq, stats, weighted_loss
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from kernels import lora
-from kernels.adapter import AdapterSpec, LoraAdapter, split_key
-from kernels.modules import lora_scale, module_shape
+from ruv_kernels import lora
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter, split_key
+from ruv_kernels.modules import lora_scale, module_shape
 from tests.conftest import random_adapter
 
 

@@ -4,7 +4,7 @@ numpy's SVD, on tall, wide, rank-deficient and zero deltas."""
 import numpy as np
 import pytest
 
-from kernels.merge.lowrank import truncate_dense
+from ruv_kernels.merge.lowrank import truncate_dense
 
 
 def best_rank_k(d, k):

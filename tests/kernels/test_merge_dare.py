@@ -4,9 +4,9 @@ SplitMix64, drop-and-rescale, the linear and TIES combines, and its statistics."
 import numpy as np
 import pytest
 
-from kernels.merge import merge
-from kernels.merge.sparsify import TILE, dare_apply, dare_key, dare_mask
-from kernels.merge.dare import dare_dense, mask_for
+from ruv_kernels.merge import merge
+from ruv_kernels.merge.sparsify import TILE, dare_apply, dare_key, dare_mask
+from ruv_kernels.merge.dare import dare_dense, mask_for
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
 # Pinned outputs of seed 1234, source 0, "layers.0.q_proj" (64 entries at density 0.5).

@@ -5,11 +5,11 @@ import numba
 import numpy as np
 import pytest
 
-from kernels.merge import steps
-from kernels.merge.fused import fused_args, ties_fused, weighted_sum_into
-from kernels.merge.generalized import ties_into
-from kernels.merge.select import kth_largest_abs, trim_thresholds
-from kernels.merge.sparsify import TILE, dare_apply, trim_inplace, trim_threshold
+from ruv_kernels.merge import steps
+from ruv_kernels.merge.fused import fused_args, ties_fused, weighted_sum_into
+from ruv_kernels.merge.generalized import ties_into
+from ruv_kernels.merge.select import kth_largest_abs, trim_thresholds
+from ruv_kernels.merge.sparsify import TILE, dare_apply, trim_inplace, trim_threshold
 
 
 def kth_ref(x, k):
@@ -101,7 +101,7 @@ def test_results_do_not_depend_on_thread_count():
 def test_every_kernel_is_cached():
     from numba.core.registry import CPUDispatcher
 
-    from kernels.merge import fused, select, sparsify
+    from ruv_kernels.merge import fused, select, sparsify
 
     kernels = [v for mod in (fused, select, sparsify) for v in vars(mod).values() if isinstance(v, CPUDispatcher)]
     assert kernels

@@ -4,8 +4,8 @@ QR-based compression against a dense SVD."""
 import numpy as np
 import pytest
 
-from kernels.merge import MergeError, MergeResult, merge
-from kernels.merge.lowrank import compress_lowrank, lowrank_norm
+from ruv_kernels.merge import MergeError, MergeResult, merge
+from ruv_kernels.merge.lowrank import compress_lowrank, lowrank_norm
 
 
 def make_source(rng, shapes, ranks, scales=None, zero_b=False):

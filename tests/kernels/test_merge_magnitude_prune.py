@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from kernels.merge import merge
-from kernels.merge.sparsify import prune_inplace
+from ruv_kernels.merge import merge
+from ruv_kernels.merge.sparsify import prune_inplace
 
 
 def prune_ref(d, density):

@@ -5,9 +5,9 @@ import warnings
 import numpy as np
 import pytest
 
-from kernels.merge.sparsify import trim_inplace, trim_threshold
-from kernels.merge.dare import dare_dense
-from kernels.merge.ties import ties_dense
+from ruv_kernels.merge.sparsify import trim_inplace, trim_threshold
+from ruv_kernels.merge.dare import dare_dense
+from ruv_kernels.merge.ties import ties_dense
 
 pytestmark = pytest.mark.reference
 
@@ -54,7 +54,7 @@ def test_dare_at_density_one_matches_peft_task_arithmetic_and_dare_ties():
 @pytest.mark.parametrize("density", [0.2, 0.6])
 def test_magnitude_prune_matches_peft(density):
     """`magnitude_prune` is PEFT's: each task pruned by magnitude, then the weighted sum."""
-    from kernels.merge.magnitude_prune import merge as magnitude_prune
+    from ruv_kernels.merge.magnitude_prune import merge as magnitude_prune
 
     rng = np.random.default_rng(3)
     srcs = [{"m": (rng.standard_normal((4, 11)).astype(np.float32), rng.standard_normal((9, 4)).astype(np.float32),

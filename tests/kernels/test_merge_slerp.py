@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from kernels.merge import merge
-from kernels.merge.slerp import DOT_THRESHOLD, slerp_coefficients
+from ruv_kernels.merge import merge
+from ruv_kernels.merge.slerp import DOT_THRESHOLD, slerp_coefficients
 
 
 def slerp_ref(t, v0, v1, dot_threshold=DOT_THRESHOLD, eps=1e-12):

@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 
-from kernels.merge import merge, steps
-from kernels.merge.generalized import sparse_merge_into
-from kernels.merge.sparsify import TILE, dare_key, dare_mask, prune_inplace
+from ruv_kernels.merge import merge, steps
+from ruv_kernels.merge.generalized import sparse_merge_into
+from ruv_kernels.merge.sparsify import TILE, dare_key, dare_mask, prune_inplace
 
 
 def stack_of(seed, t, n):

@@ -4,8 +4,8 @@ sign by summed mass, disjoint mean), through `ties_dense` and through `merge`.""
 import numpy as np
 import pytest
 
-from kernels.merge import merge
-from kernels.merge.ties import ties_dense
+from ruv_kernels.merge import merge
+from ruv_kernels.merge.ties import ties_dense
 
 
 def ties_ref(deltas, density, weights=None, lam=1.0):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels.merge import (
+from ruv_kernels.merge import (
     METHOD_PARAMS,
     METHODS,
     PARAM_DEFAULTS,

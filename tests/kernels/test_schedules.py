@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from kernels.schedules import SCHEDULES, lr_at, lr_table
+from ruv_kernels.schedules import SCHEDULES, lr_at, lr_table
 
 
 def reference(name, step, total, base, warmup, min_lr_ratio=0.0, gamma=None, step_size=0,

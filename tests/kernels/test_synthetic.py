@@ -5,9 +5,9 @@ and the name hash (user data is validated by resources.dataset_format)."""
 import numpy as np
 import pytest
 
-from kernels.modules import module_shape
-from kernels.quality import QUALITY_TASKS, quality_scores
-from kernels.synthetic import (
+from ruv_kernels.modules import module_shape
+from ruv_kernels.quality import QUALITY_TASKS, quality_scores
+from ruv_kernels.synthetic import (
     NOISE_SLOPE,
     generate_task,
     stable_hash,

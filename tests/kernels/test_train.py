@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from kernels.modules import lora_scale
-from kernels.synthetic import generate_task
-from kernels.train import (
+from ruv_kernels.modules import lora_scale
+from ruv_kernels.synthetic import generate_task
+from ruv_kernels.train import (
     OPT_CODE,
     EwcState,
     ModuleProblem,
@@ -20,8 +20,8 @@ from kernels.train import (
     train,
     zero_adapter_loss,
 )
-from kernels.train.optimizer import update
-from kernels.train.bundles import Chunks, Hyper, State
+from ruv_kernels.train.optimizer import update
+from ruv_kernels.train.bundles import Chunks, Hyper, State
 
 
 def peft_init(problems, rank, seed=1):

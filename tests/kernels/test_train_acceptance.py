@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from kernels.modules import lora_scale
-from kernels.synthetic import generate_task
-from kernels.train import TrainSettings, build_problems, evaluate, train, zero_adapter_loss
+from ruv_kernels.modules import lora_scale
+from ruv_kernels.synthetic import generate_task
+from ruv_kernels.train import TrainSettings, build_problems, evaluate, train, zero_adapter_loss
 
 PRESETS = {
     "coder": (16, 32, ["q_proj", "k_proj", "v_proj", "o_proj"]),

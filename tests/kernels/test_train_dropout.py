@@ -4,9 +4,9 @@ the expected-value theory says (E over masks of the loss = clean loss + tr(D dia
 import numpy as np
 import pytest
 
-from kernels.exact import dropout_ridge, solve_adapter, solve_reduced_rank
-from kernels.exact.stats import ModuleStats
-from kernels.train import ModuleProblem, TrainSettings, train
+from ruv_kernels.exact import dropout_ridge, solve_adapter, solve_reduced_rank
+from ruv_kernels.exact.stats import ModuleStats
+from ruv_kernels.train import ModuleProblem, TrainSettings, train
 from tests.kernels.exact_reference import problem, ridge_lstsq, stats
 
 P = 0.3

@@ -29,7 +29,7 @@ def smol_path() -> str:
 
 @pytest.fixture(scope="session")
 def smol(smol_path):
-    from resources.base_model import content_hash
+    from ruv_resources.base_model import content_hash
     from ruv_assets.captured import cached_model
 
     return cached_model(smol_path, content_hash(smol_path))

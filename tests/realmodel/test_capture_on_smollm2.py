@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from kernels.adapter import AdapterSpec, LoraAdapter
-from resources.base_model import content_hash
-from resources.peft_format import save_adapter
-from resources.slot_reader import SlotReader
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter
+from ruv_resources.base_model import content_hash
+from ruv_resources.peft_format import save_adapter
+from ruv_resources.slot_reader import SlotReader
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))

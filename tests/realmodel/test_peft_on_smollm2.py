@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from resources.peft_format import load_adapter
-from resources.slot_reader import SlotReader
+from ruv_resources.peft_format import load_adapter
+from ruv_resources.slot_reader import SlotReader
 from ruv_assets.cli import main
 
 METHODS = [("average", []), ("weighted", ["--weights", "0.7,0.3"]), ("task_arithmetic", ["--weights", "1,0.5"]),

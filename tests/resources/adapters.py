@@ -3,8 +3,8 @@ two versions would show it (shared by the slot tests)."""
 
 from pathlib import Path
 
-from kernels.adapter import AdapterSpec, LoraAdapter
-from resources.peft_format import save_adapter
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter
+from ruv_resources.peft_format import save_adapter
 
 SPEC = AdapterSpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj"), hidden_size=32, intermediate_size=64, num_layers=1)
 

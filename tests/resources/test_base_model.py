@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from resources.base_model import BaseModelError, content_hash, read_base_model, read_gguf_metadata
+from ruv_resources.base_model import BaseModelError, content_hash, read_base_model, read_gguf_metadata
 
 LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 3,
          "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 100}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from resources.capture.corpus import CorpusError, read_corpus
-from resources.capture.windows import cut_windows, make_windows
+from ruv_resources.capture.corpus import CorpusError, read_corpus
+from ruv_resources.capture.windows import cut_windows, make_windows
 
 
 def test_jsonl_txt_and_directory(tmp_path):

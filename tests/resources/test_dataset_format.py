@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from kernels.synthetic import generate_task
-from resources.dataset_format import DATASET_NAME, DatasetError, check_dataset, load_dataset, load_user_folder, save_dataset
+from ruv_kernels.synthetic import generate_task
+from ruv_resources.dataset_format import DATASET_NAME, DatasetError, check_dataset, load_dataset, load_user_folder, save_dataset
 from ruv_assets.assets.dataset import synthetic_to_dataset
 
 GEO = dict(hidden_size=16, intermediate_size=24, num_layers=2)

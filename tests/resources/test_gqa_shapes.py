@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from kernels.adapter import AdapterSpec
-from resources.errors import AdapterFormatError
-from resources.peft_format import WEIGHTS_NAME, load_adapter, peft_key, save_adapter
-from resources.slot import Slot
-from resources.slot_reader import SlotReader
+from ruv_kernels.adapter import AdapterSpec
+from ruv_resources.errors import AdapterFormatError
+from ruv_resources.peft_format import WEIGHTS_NAME, load_adapter, peft_key, save_adapter
+from ruv_resources.slot import Slot
+from ruv_resources.slot_reader import SlotReader
 from ruv_assets.cli import main
 from ruv_assets.config import ModelGeometry
 from tests.conftest import random_adapter

@@ -7,8 +7,8 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from resources.errors import AdapterFormatError
-from resources.peft_format import CONFIG_NAME, WEIGHTS_NAME, load_adapter, peft_key, save_adapter
+from ruv_resources.errors import AdapterFormatError
+from ruv_resources.peft_format import CONFIG_NAME, WEIGHTS_NAME, load_adapter, peft_key, save_adapter
 from tests.conftest import random_adapter
 
 

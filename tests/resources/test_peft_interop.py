@@ -4,8 +4,8 @@ forward; we load what PEFT saves and compute the same delta."""
 import numpy as np
 import pytest
 
-from kernels.adapter import AdapterSpec
-from resources.peft_format import load_adapter, save_adapter
+from ruv_kernels.adapter import AdapterSpec
+from ruv_resources.peft_format import load_adapter, save_adapter
 from tests.conftest import random_adapter
 
 torch = pytest.importorskip("torch")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-import resources.slot as slot_module
-from kernels.adapter import AdapterSpec, LoraAdapter
-from resources.peft_format import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
-from resources.slot import (
+import ruv_resources.slot as slot_module
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter
+from ruv_resources.peft_format import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+from ruv_resources.slot import (
     ACTIVE,
     HISTORY,
     MANIFEST,
@@ -25,7 +25,7 @@ from resources.slot import (
     SlotError,
     SlotLockedError,
 )
-from resources.store import sha256_file
+from ruv_resources.store import sha256_file
 from tests.resources.adapters import SPEC, make_adapter
 
 def seq_of(directory) -> float:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import resources.slot_reader as reader_module
-from kernels.adapter import LoraAdapter
-from resources.peft_format import WEIGHTS_NAME
-from resources.slot import Slot, SlotError
-from resources.slot_reader import SlotReader
+import ruv_resources.slot_reader as reader_module
+from ruv_kernels.adapter import LoraAdapter
+from ruv_resources.peft_format import WEIGHTS_NAME
+from ruv_resources.slot import Slot, SlotError
+from ruv_resources.slot_reader import SlotReader
 from tests.resources.adapters import make_adapter
 
 def marker(adapter: LoraAdapter) -> float:

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels.adapter import AdapterSpec, LoraAdapter
-import resources.slot as slot_module
-from resources.slot import ACTIVE, Slot, SlotConflictError, SlotError, check_version, parse_version
-from resources.slot_reader import SlotReader
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter
+import ruv_resources.slot as slot_module
+from ruv_resources.slot import ACTIVE, Slot, SlotConflictError, SlotError, check_version, parse_version
+from ruv_resources.slot_reader import SlotReader
 from tests.resources.adapters import make_adapter as make_seq_adapter
 
 FORK = multiprocessing.get_context("fork")

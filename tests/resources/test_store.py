@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from resources.errors import StoreError
-from resources.store import ArtifactStore, hash_directory
+from ruv_resources.errors import StoreError
+from ruv_resources.store import ArtifactStore, hash_directory
 
 
 def _writer(text):

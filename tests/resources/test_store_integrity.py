@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from resources.errors import StoreError
-from resources.store import LATEST, ArtifactStore, hash_directory
+from ruv_resources.errors import StoreError
+from ruv_resources.store import LATEST, ArtifactStore, hash_directory
 
 
 def _payload(seed: int, size: int = 1 << 16):
@@ -47,7 +47,7 @@ def test_verify_reports_a_dangling_latest_and_a_sound_store(tmp_path):
 def test_the_io_manager_refuses_a_corrupt_upstream(tmp_path, monkeypatch):
     from dagster import AssetKey, build_input_context
 
-    from resources.dagster_resources import StoreIOManager
+    from ruv_resources.dagster_resources import StoreIOManager
 
     store = ArtifactStore(tmp_path)
     stored = store.write("trained_adapter", "coder", _payload(4))

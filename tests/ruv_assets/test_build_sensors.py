@@ -8,8 +8,8 @@ import warnings
 import pytest
 from dagster import AssetKey, build_sensor_context, instance_for_test
 
-from resources.dagster_resources import StoreResource
-from resources.store import ArtifactStore
+from ruv_resources.dagster_resources import StoreResource
+from ruv_resources.store import ArtifactStore
 from ruv_assets.build_all import build_all, sync_catalogue
 from ruv_assets.build_sensors import ENTRY_TAG, catalogue_sensor, merge_sensor, train_key
 from ruv_assets.definitions import defs

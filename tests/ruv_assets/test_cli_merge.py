@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels.adapter import AdapterSpec
-from resources.peft_format import load_adapter, save_adapter
+from ruv_kernels.adapter import AdapterSpec
+from ruv_resources.peft_format import load_adapter, save_adapter
 from ruv_assets.cli import main
 from tests.conftest import random_adapter
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from kernels.adapter import AdapterSpec, LoraAdapter
-from resources.peft_format import WEIGHTS_NAME, load_adapter, save_adapter
+from ruv_kernels.adapter import AdapterSpec, LoraAdapter
+from ruv_resources.peft_format import WEIGHTS_NAME, load_adapter, save_adapter
 from ruv_assets.cli import main
 
 SPEC = AdapterSpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj"), hidden_size=32, intermediate_size=64, num_layers=1)

@@ -35,7 +35,7 @@ def test_everything_is_defined():
 
 
 def test_resources_follow_environment_at_use(monkeypatch, tmp_path):
-    from resources.dagster_resources import SlotsResource, StoreResource
+    from ruv_resources.dagster_resources import SlotsResource, StoreResource
     from ruv_assets.resources import GeometryResource
 
     monkeypatch.setenv("RUV_HOME", str(tmp_path / "h"))

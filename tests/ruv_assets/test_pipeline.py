@@ -16,10 +16,10 @@ from dagster._core.loader import LoadingContextForTest
 from safetensors.numpy import save_file
 
 import ruv_assets.catalogue as catalogue_module
-from resources.peft_format import load_adapter
-from resources.slot import Slot, slots_root
-from resources.slot_reader import SlotReader
-from resources.store import ArtifactStore
+from ruv_resources.peft_format import load_adapter
+from ruv_resources.slot import Slot, slots_root
+from ruv_resources.slot_reader import SlotReader
+from ruv_resources.store import ArtifactStore
 from ruv_assets.build_all import build_all, observe_catalogue
 from ruv_assets.definitions import defs
 from ruv_assets.schedules import retrain_schedule

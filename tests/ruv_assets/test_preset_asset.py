@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance, materialize
 
-from resources.dagster_resources import StoreIOManager, StoreResource
-from resources.peft_format import load_adapter
-from resources.store import hash_directory
+from ruv_resources.dagster_resources import StoreIOManager, StoreResource
+from ruv_resources.peft_format import load_adapter
+from ruv_resources.store import hash_directory
 from ruv_assets.assets.preset import preset_adapter
 from ruv_assets.resources import GeometryResource
 

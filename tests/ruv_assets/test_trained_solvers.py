@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance, materialize
 
-from resources.dagster_resources import StoreIOManager, StoreResource
-from resources.ewc_format import GRAM_NAME, load_gram_state
-from resources.peft_format import load_adapter
-from resources.store import ArtifactStore
+from ruv_resources.dagster_resources import StoreIOManager, StoreResource
+from ruv_resources.ewc_format import GRAM_NAME, load_gram_state
+from ruv_resources.peft_format import load_adapter
+from ruv_resources.store import ArtifactStore
 from ruv_assets.assets.dataset import synthetic_dataset
 from ruv_assets.assets.preset import preset_adapter
 from ruv_assets.assets.trained import trained_adapter
