@@ -16,8 +16,15 @@
    dataset, `solve_adapter` with rank selection on the raw validation rows) against the default
    SGD training (`ruv_kernels.train.train`, default TrainSettings, not counting its row gathering):
    wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap.
-   BENCH_ONLY=gram,solve,presets selects parts; BENCH_STATS_PRECISION=mixed for the presets'
-   statistics.
+   BENCH_ONLY=gram,solve,presets,asset selects parts; BENCH_STATS_PRECISION=mixed for the
+   presets' statistics.
+4. `asset`: the same comparison through `trained_adapter`'s own entry points, on the datasets the
+   asset generates (catalogue presets, seed `stable_seed(name)`, the PEFT-initialised preset as
+   SGD's start): SGD = `problems_for` + `kernels.train.train(TrainingConfig(dropout=p).settings())`;
+   exact = `ruv_assets.optimum.statistics` + `exact_fit` (default ridge_rel, select_rank). Each
+   with dropout 0 (the default) and with the preset's lora_dropout; every checkpoint
+   certified (`optimum.certify`) as the asset does (dropout: `use_lora_dropout: true`). Prints wall time, ratio, val/floor, the
+   optimality gap and the exact solution's validation loss over the floor.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import numpy as np  # noqa: E402
 from ruv_kernels.exact import (ModuleStats, accumulate_gram, certificate, dataset_rows, dataset_stats,  # noqa: E402
                            ridge_factor, solve_adapter, solve_reduced_rank, split_weights)
 
-ONLY = set(os.environ.get("BENCH_ONLY", "gram,solve,presets").split(","))
+ONLY = set(os.environ.get("BENCH_ONLY", "gram,solve,presets,asset").split(","))
 STATS_PRECISION = os.environ.get("BENCH_STATS_PRECISION", "float64")  # of the presets' statistics
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -191,6 +198,56 @@ def bench_presets() -> None:
               f" {res.val_loss / task.noise_floor:14.4f} {str(kept):>10s} {cert.optimality_gap:8.4f}")
 
 
+def bench_asset() -> None:
+    from ruv_kernels.adapter import LoraAdapter
+    from ruv_kernels.train import train
+    from ruv_assets import optimum
+    from ruv_assets.assets.dataset import synthetic_to_dataset
+    from ruv_assets.catalogue import current_catalogue, current_geometry
+    from ruv_assets.evaluation import problems_for, validation_loss
+    from ruv_assets.preset_seed import stable_seed
+    from ruv_assets.training_config import TrainingConfig
+    from ruv_kernels.synthetic import generate_task
+
+    geo = current_geometry()
+    config = TrainingConfig()  # its settings with the given dropout below
+    print(f"\ntrained_adapter's entry points ({geo.hidden_size}/{geo.intermediate_size}, {geo.num_layers} layers, the "
+          f"asset's datasets): exact (statistics + exact_fit) vs SGD (problems_for + train), default TrainingConfig")
+    print(f"  {'preset':10s} {'dropout':>7s} {'exact s':>8s} {'SGD s':>7s} {'ratio':>6s} {'exact val/fl':>12s}"
+          f" {'SGD val/fl':>10s} {'exact gap':>9s} {'SGD gap':>8s} {'opt val/fl':>10s} {'SGD epochs':>10s}")
+    for name in PRESETS:
+        entry = current_catalogue().adapter(name)
+        seed = stable_seed(name)
+        task = generate_task(name, list(entry.target_modules), entry.rank, geo.hidden_size, geo.intermediate_size,
+                             geo.num_layers, 1000, seed, q_size=geo.q_size, kv_size=geo.kv_size)
+        dataset = synthetic_to_dataset(name, task, list(entry.target_modules), geo.num_layers, seed)
+        spec = entry.spec(geo)
+        start = LoraAdapter.initialise(spec, seed=stable_seed(name))
+        keys = start.keys()
+        floor = dataset.meta["noise_floor"]
+        q_val = dataset.quality[dataset.val_idx]
+        for p in sorted({0.0, float(entry.dropout)}):
+            settings = TrainingConfig(dropout=p).settings()
+            t0 = time.perf_counter()
+            stats = optimum.statistics(dataset, keys, settings.quality_threshold)
+            fit = optimum.exact_fit(stats, spec.rank, spec.scale, ridge_rel=config.ridge_rel, dropout=p,
+                                    select_rank=config.select_rank)
+            t_ex = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            problems = problems_for(dataset, keys)
+            res = train(problems, {k: start.A[k].copy() for k in keys}, {k: start.B[k].copy() for k in keys}, spec.scale,
+                        dataset.quality[dataset.train_idx], q_val, settings)
+            t_sgd = time.perf_counter() - t0
+            ex = LoraAdapter(spec, fit.A, fit.B)
+            sgd = LoraAdapter(spec, res.A, res.B)
+            c_ex = optimum.certify(ex.A, ex.B, spec.scale, stats)
+            c_sgd = optimum.certify(sgd.A, sgd.B, spec.scale, stats)
+            v_ex, v_sgd = validation_loss(ex, problems, q_val), validation_loss(sgd, problems, q_val)
+            print(f"  {name:10s} {p:7.2f} {t_ex:8.2f} {t_sgd:7.2f} {t_sgd / t_ex:5.1f}x {v_ex / floor:12.4f}"
+                  f" {v_sgd / floor:10.4f} {c_ex['optimality_gap']:9.4%} {c_sgd['optimality_gap']:8.4%}"
+                  f" {c_sgd['optimal_val_loss'] / floor:10.4f} {res.epochs_run:10d}", flush=True)
+
+
 def main() -> None:
     print(f"threads: NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']} OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
           f" (numba {numba.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, load average"
@@ -202,6 +259,8 @@ def main() -> None:
         bench_solve()
     if "presets" in ONLY:
         bench_presets()
+    if "asset" in ONLY:
+        bench_asset()
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 

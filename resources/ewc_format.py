@@ -4,13 +4,18 @@ the anchor of the next training run (EWC++).
 `training_state.safetensors`: tensors `fisher_A.<module key>` [r, in] and `fisher_B.<module key>`
 [out, r] (float32), metadata `format: ruv-ewc`. A module without an entry (or a version without
 the file) has a zero Fisher: no penalty on it.
+
+`training_gram.safetensors` (beside it): the checkpoint's training Grams, the exact Fisher that
+`consolidation: exact` penalises against when the next version is trained.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from ruv_kernels.train import EwcState
@@ -38,3 +43,38 @@ def load_ewc_state(directory: Path, A: dict[str, np.ndarray], B: dict[str, np.nd
         fisher={k: (fisher.get(f"fisher_A.{k}", np.zeros_like(A[k])), fisher.get(f"fisher_B.{k}", np.zeros_like(B[k])))
                 for k in A},
     )
+
+
+# The old task's exact Fisher for `consolidation: exact`: each distinct training Gram of the
+# checkpoint (one per input a layer's modules share), its examples' total quality, and which
+# Gram each module reads. float32 on disk (a penalty's curvature needs no more digits).
+GRAM_NAME = "training_gram.safetensors"
+
+
+def save_gram_state(directory: Path, stats: dict) -> Path:
+    """Write the training Grams of `stats` ({module key: ModuleStats, LayerStats views sharing
+    one G per input}) beside a checkpoint; each shared Gram is written once."""
+    tensors, readers, seen = {}, {}, {}
+    for key, st in stats.items():
+        gk = getattr(st, "gram_key", None) or key
+        if gk not in seen:
+            seen[gk] = True
+            tensors[f"G.{gk}"] = np.ascontiguousarray(st.G, np.float32)
+            tensors[f"q_sum.{gk}"] = np.array([st.q_sum], np.float64)
+        readers[key] = gk
+    path = Path(directory) / GRAM_NAME
+    save_file_deterministic(tensors, path, metadata={"format": "ruv-gram", "readers": json.dumps(readers, sort_keys=True)})
+    return path
+
+
+def load_gram_state(directory: Path) -> dict[str, tuple[np.ndarray, float]] | None:
+    """{module key: (G float64 [in, in], q_sum)} of the checkpoint in `directory` (modules sharing
+    a Gram share the array), or None when the version has no stored Gram (older versions)."""
+    path = Path(directory) / GRAM_NAME
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "numpy") as f:
+        readers = json.loads((f.metadata() or {}).get("readers", "{}"))
+        grams = {gk: (np.array(f.get_tensor(f"G.{gk}"), np.float64), float(f.get_tensor(f"q_sum.{gk}")[0]))
+                 for gk in set(readers.values())}
+    return {key: grams[gk] for key, gk in readers.items()}

@@ -25,6 +25,35 @@ def loss_curve_png(history: list[dict], noise_floor: float | None = None, title:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _png(fig)
+
+
+def tradeoff_png(curves: dict[str, list[dict]], title: str = "", x: str = "new_val_loss", y: str = "old_val_loss",
+                 xlabel: str = "new-task validation loss", ylabel: str = "old-task validation loss") -> bytes:
+    """Consolidation trade-off: one curve per method through its lambda sweep (points labelled by lambda)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    for (label, rows), marker in zip(curves.items(), "osd^v"):
+        ax.plot([r[x] for r in rows], [r[y] for r in rows], marker=marker, ms=4, label=label)
+        for r in rows:
+            ax.annotate(f"{r['lam']:g}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    from matplotlib import pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

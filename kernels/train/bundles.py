@@ -10,7 +10,8 @@
 - `State`: the flat parameters W, gradient G, moments M1/M2, online Fisher Fon, EWC anchor
   Fisher Fanc and weights Wanc (zeros and unread when there is no anchor: lam = 0).
 - `Hyper`: the optimiser code and its scalars.
-- `Gather`: the float16 / mixed-storage path's sources and float32 buffers (`on` False: none).
+- `Gather`: the float16 / mixed-storage path's sources and float32 buffers (`on` False: none),
+  and the input dropout (p, key, the X buffers it masks; with p > 0 every storage is gathered).
 
 Numba passes a tuple holding arrays into a parallel region only field by field: parallel kernels
 unpack State/Scratch/Layout before their `prange` loops (Modules holds lists, Hyper scalars:
@@ -113,6 +114,9 @@ class Gather(NamedTuple):
     q: np.ndarray
     local: np.ndarray
     lut: np.ndarray
+    drop_p: float
+    drop_key: np.uint64
+    drop_x: List
 
 
 def typed_list(items, item_type=None) -> List:

@@ -107,7 +107,7 @@ class _Run:
         for p in self.probs:
             if id(p.R_train) not in rsq:
                 rsq[id(p.R_train)] = target_sqnorms(p.R_train)
-        self.mods, self.gather = self.ws.gather(self.probs, rsq)
+        self.mods, self.gather = self.ws.gather(self.probs, rsq, settings.dropout, settings.seed)
         self.history: list[dict] = []
         self.step = 0
         self.epoch = 0

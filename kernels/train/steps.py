@@ -2,6 +2,7 @@
 step, all inside Numba without returning to Python. One loop for both storage dtypes: float32
 rows are read in place; float16 (or mixed) storage is gathered and converted per minibatch into
 float32 buffers (`gather_rows`, exact: a 65536-entry table) that the Modules bundle points at.
+With input dropout every storage is gathered and `drop_inputs` masks the copies of X.
 """
 
 import math
@@ -74,6 +75,29 @@ def gather_rows(ga, rows, q):
 
 
 @njit(cache=True)
+def drop_inputs(ga, nb, step):
+    """Inverted input dropout on the gathered minibatch: each entry of every X buffer's first nb
+    rows is zeroed with probability p, else scaled by 1/(1-p). The mask is a counter-based hash of
+    (key, step, buffer, row, column): reproducible, independent of the thread count."""
+    p = ga.drop_p
+    keep = np.float32(1.0 / (1.0 - p))
+    threshold = np.uint64(min(p, 1.0) * 18446744073709551615.0)
+    base = ga.drop_key ^ mix64(np.uint64(step) * np.uint64(0x9E3779B97F4A7C15))
+    for s in range(len(ga.drop_x)):
+        buf = ga.drop_x[s]
+        d = buf.shape[1]
+        key = mix64(base + np.uint64(s) * np.uint64(0xC2B2AE3D27D4EB4F))
+        for i in range(nb):
+            row = buf[i]
+            rk = key + np.uint64(i) * np.uint64(d)
+            for j in range(d):
+                if mix64(rk + np.uint64(j)) < threshold:
+                    row[j] = 0.0
+                else:
+                    row[j] *= keep
+
+
+@njit(cache=True)
 def run_steps(mods, scr, lay, st, hy, ga, order, b_from, b_to, bs, q, lrs, step0):
     """Minibatches b_from..b_to of an epoch (rows order[b*bs:(b+1)*bs]).
 
@@ -106,6 +130,8 @@ def run_steps(mods, scr, lay, st, hy, ga, order, b_from, b_to, bs, q, lrs, step0
         use_q = q
         if ga.on:
             gather_rows(ga, rows, q)
+            if ga.drop_p > 0.0:
+                drop_inputs(ga, hi - lo, step)
             use_rows = ga.local[: hi - lo]
             use_q = ga.q
         loss, sq, pen = grad_step(mods, scr, lay, st, hy, use_rows, use_q, 1.0 / (M * qb), fuse, lr, step)

@@ -6,6 +6,7 @@ import numba
 import numpy as np
 from numba import types
 
+from ruv_kernels.hashing import mix64_py
 from ruv_kernels.train.bundles import Chunks, Gather, Layout, Modules, Scratch, State, typed_list
 from ruv_kernels.train.steps import HALF_TO_FLOAT
 
@@ -138,21 +139,23 @@ class Workspace:
                        typed_list([v[3] for v in views]), typed_list([self.Fanc[v[0]:v[1]] for v in views]),
                        typed_list([self.Wanc[v[0]:v[1]] for v in views]))
 
-    def gather(self, problems, rsq: dict) -> tuple[Modules, Gather]:
+    def gather(self, problems, rsq: dict, dropout: float = 0.0, seed: int = 0) -> tuple[Modules, Gather]:
         """What the step loop reads for these training arrays: the arrays themselves (float32
         storage: rows read in place, `Gather.on` False), or float32 buffers that each minibatch is
-        gathered and converted into (any float16 array)."""
+        gathered and converted into (any float16 array, or input dropout: the mask is applied to
+        the gathered copy, never to the dataset)."""
         n = self.rows_max
         half2, f2, f1 = types.uint16[:, ::1], types.float32[:, ::1], types.float64[::1]
         half = any(p.X_train.dtype == np.float16 or p.R_train.dtype == np.float16 for p in problems)
         q = np.empty(n, np.float32)
         local = np.arange(n, dtype=np.int64)
-        if not half:
+        key = np.uint64(mix64_py((int(seed) * 0x9E3779B97F4A7C15 + 0xD5) & 0xFFFFFFFFFFFFFFFF))
+        if not half and dropout <= 0.0:
             mods = self.modules([p.X_train for p in problems], [p.R_train for p in problems],
                                 [rsq[id(p.R_train)] for p in problems])
             empty = (typed_list([], half2), typed_list([], f2), typed_list([], f2), typed_list([], f2),
                      typed_list([], f1), typed_list([], f1))
-            return mods, Gather(False, *empty, q, local, HALF_TO_FLOAT)
+            return mods, Gather(False, *empty, q, local, HALF_TO_FLOAT, 0.0, key, typed_list([], f2))
         buffers: dict[int, np.ndarray] = {}
         srcs = {np.float16: ([], []), np.float32: ([], [])}
         for p in problems:
@@ -168,7 +171,8 @@ class Workspace:
         ga = Gather(True, typed_list(srcs[np.float16][0], half2), typed_list(srcs[np.float16][1], f2),
                     typed_list(srcs[np.float32][0], f2), typed_list(srcs[np.float32][1], f2),
                     typed_list(list(rsq.values()), f1), typed_list([rsq_dst[k] for k in rsq], f1), q, local,
-                    HALF_TO_FLOAT)
+                    HALF_TO_FLOAT, float(dropout), key, typed_list(list({id(p.X_train): buffers[id(p.X_train)]
+                                                                        for p in problems}.values()), f2))
         return mods, ga
 
     def f32_rows(self, arr: np.ndarray, rows: np.ndarray, tag) -> np.ndarray:

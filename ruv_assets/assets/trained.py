@@ -1,7 +1,11 @@
 """`trained_adapter`: the best checkpoint of a quality-weighted training run on the task dataset.
 
-Retraining starts from the partition's last trained version when its shapes still fit, with
-EWC++ anchored there (its Fisher is stored beside the weights); otherwise from the preset.
+`solver: sgd` (default) runs the optimiser family of kernels.train; `solver: exact` solves each
+module in closed form from the dataset's statistics (ruv_assets.optimum). Either way the stored
+checkpoint carries its optimality certificate (optimal_train_loss, optimality_gap,
+optimal_val_loss). Retraining starts from the partition's last trained version when its shapes
+still fit, with EWC++ anchored there (its Fisher is stored beside the weights) or, with
+`consolidation: exact`, against the old task's stored Gram; otherwise from the preset.
 Blocking checks (finite weights, better than the zero adapter, near the noise floor) gate
 promotion.
 """
@@ -26,18 +30,18 @@ from dagster import (
 
 
 from ruv_kernels.adapter import LoraAdapter
-from ruv_kernels.train import EwcState, train
+from ruv_kernels.train import EwcState, TrainResult, train
 from ruv_resources.dagster_resources import StoreResource
 from ruv_resources.dataset_format import check_dataset, load_dataset
 from ruv_resources.errors import StoreError
-from ruv_resources.ewc_format import load_ewc_state, save_ewc_state
+from ruv_resources.ewc_format import load_ewc_state, load_gram_state, save_ewc_state, save_gram_state
 from ruv_resources.peft_format import load_adapter, save_adapter
 from ruv_resources.store import StoredObject
-from ruv_assets import versions
+from ruv_assets import optimum, versions
 from ruv_assets.config import AdapterMetadata
 from ruv_assets.evaluation import delta_rel_error, problems_for, validation_loss, zero_validation_loss
 from ruv_assets.partitions import adapter_partitions
-from ruv_assets.plots import loss_curve_png, markdown_image, markdown_table
+from ruv_assets.plots import loss_curve_png, markdown_image, markdown_table, tradeoff_png
 from ruv_assets.catalogue import current_catalogue
 from ruv_assets.resources import GeometryResource
 from ruv_assets.worker import where_it_ran
@@ -57,8 +61,9 @@ CHECKS = [
 ]
 
 
-def previous_version(store, name: str, spec) -> tuple[LoraAdapter, EwcState | None, str] | None:
-    """The last trained version of this partition, if its shapes still fit the declared spec."""
+def previous_version(store, name: str, spec) -> tuple[LoraAdapter, EwcState | None, str, Path] | None:
+    """The last trained version of this partition (adapter, EWC anchor, data version, directory),
+    if its shapes still fit the declared spec."""
     try:
         last = store.get("trained_adapter", name)
     except StoreError:
@@ -67,7 +72,20 @@ def previous_version(store, name: str, spec) -> tuple[LoraAdapter, EwcState | No
     if loaded.adapter.spec != spec:
         return None
     adapter = loaded.adapter.astype(np.float32)
-    return adapter, load_ewc_state(last.path, adapter.A, adapter.B), last.data_version
+    return adapter, load_ewc_state(last.path, adapter.A, adapter.B), last.data_version, last.path
+
+
+def _deltas(adapter: LoraAdapter) -> dict[str, np.ndarray]:
+    """Each module's dense delta s B A (float64), the old task's point of exact consolidation."""
+    return {k: adapter.scale * (adapter.B[k].astype(np.float64) @ adapter.A[k].astype(np.float64)) for k in adapter.keys()}
+
+
+def _stored_gram(name: str, version: str, path: Path) -> dict:
+    grams = load_gram_state(path)
+    if grams is None:
+        raise ValueError(f"consolidation: trained_adapter[{name}] {version[:12]} stores no training Gram (made before "
+                         "exact consolidation existed); retrain once with continue_from_last: false")
+    return grams
 
 
 @asset(
@@ -79,7 +97,8 @@ def previous_version(store, name: str, spec) -> tuple[LoraAdapter, EwcState | No
     ins={"preset_adapter": AssetIn(), "synthetic_dataset": AssetIn()},
     deps=["base_model", "capture_teacher"],
     check_specs=CHECKS,
-    description="Best checkpoint of quality-weighted LoRA training on the task dataset (EWC++ when retraining).",
+    description="Best checkpoint of quality-weighted LoRA training on the task dataset (SGD family or the exact "
+                "solver; EWC++ or exact consolidation when retraining), with its optimality certificate.",
 )
 def trained_adapter(
     context: AssetExecutionContext,
@@ -90,42 +109,74 @@ def trained_adapter(
     synthetic_dataset: StoredObject,
 ):
     name = context.partition_key
-    settings = config.settings()  # a bad config fails here, before anything is read or written
+    entry = current_catalogue().adapter(name)
+    settings = config.settings(entry.dropout)  # a bad config fails here, before anything is read or written
     geo = geometry.geometry()
-    declared = current_catalogue().adapter(name).spec(geo)
+    declared = entry.spec(geo)
     start = load_adapter(preset_adapter.path, **geo.dims()).adapter
     if start.spec != declared:
         raise ValueError(f"preset_adapter[{name}] does not match the catalogue (rank/targets changed?); materialise preset_adapter first")
-    entry = current_catalogue().adapter(name)
     if entry.capture is not None:
         yield from _train_captured(context, name, entry, declared, store, synthetic_dataset)
         return
     dataset = load_dataset(synthetic_dataset.path)
     check_dataset(dataset, **geo.dims())
 
-    ewc, resumed_from = None, None
+    exact = config.solver == "exact"
+    ewc, resumed_from, previous = None, None, None
     if config.continue_from_last:
         previous = previous_version(store.store(), name, declared)
+        if previous is not None and exact and config.consolidation != "exact":
+            context.log.info(f"solver exact without consolidation: trained_adapter[{name}] {previous[2][:12]} is not used "
+                             "(EWC++ is the SGD path's; consolidation: exact keeps the old task)")
+            previous = None
         if previous is not None:
-            start, ewc, resumed_from = previous
-            context.log.info(f"retraining from trained_adapter[{name}] {resumed_from[:12]} with EWC++ lambda {settings.ewc_lambda}")
+            start, ewc, resumed_from, _ = previous
+            how = (f"exact consolidation lambda {config.consolidation_lambda}" if config.consolidation == "exact"
+                   else f"EWC++ lambda {settings.ewc_lambda}")
+            context.log.info(f"retraining from trained_adapter[{name}] {resumed_from[:12]} with {how}")
     keys = start.keys()
     problems = problems_for(dataset, keys)
     started = time.perf_counter()
-    result = train(
-        problems,
-        {k: start.A[k].astype(np.float32).copy() for k in keys},
-        {k: start.B[k].astype(np.float32).copy() for k in keys},
-        start.scale,
-        dataset.quality[dataset.train_idx],
-        dataset.quality[dataset.val_idx],
-        settings,
-        ewc=ewc,
-    )
+    stats = optimum.statistics(dataset, keys, settings.quality_threshold)  # the solver's and the certificate's
+    stats_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    old = None
+    if exact:
+        if previous is not None:
+            old = (_deltas(start), _stored_gram(name, resumed_from, previous[3]))
+        fit = optimum.exact_fit(stats, declared.rank, start.scale, ridge_rel=config.ridge_rel, dropout=settings.dropout,
+                                select_rank=config.select_rank, old=old, lam=config.consolidation_lambda)
+        result = TrainResult(A=fit.A, B=fit.B, history=[{"epoch": 0, "step": 0, "train_loss": fit.train_loss,
+                                                         "val_loss": fit.val_loss, "lr": 0.0, "ewc_penalty": 0.0,
+                                                         "kind": "exact"}],
+                             train_loss=fit.train_loss, val_loss=fit.val_loss)
+        ewc = None
+    else:
+        result = train(
+            problems,
+            {k: start.A[k].astype(np.float32).copy() for k in keys},
+            {k: start.B[k].astype(np.float32).copy() for k in keys},
+            start.scale,
+            dataset.quality[dataset.train_idx],
+            dataset.quality[dataset.val_idx],
+            settings,
+            ewc=ewc,
+        )
     seconds = time.perf_counter() - started
+    sweep = {}
+    if exact and old is not None:  # the trade-off around the chosen lambda, on the asset page
+        lams = sorted(set(optimum.SWEEP_LAMS) | {float(config.consolidation_lambda)})
+        rows = optimum.consolidation_curve(stats, declared.rank, start.scale, old, ridge_rel=config.ridge_rel,
+                                           dropout=settings.dropout, lams=lams)
+        png = tradeoff_png({"exact consolidation": rows}, f"trained_adapter[{name}]: lambda sweep", y="old_loss_increase",
+                           ylabel="old task's loss increase (its stored Gram)")
+        sweep = {"consolidation_sweep": MetadataValue.md(markdown_image(png, "consolidation sweep") + "\n\n"
+                                                          + markdown_table(rows))}
     trained = LoraAdapter(declared, result.A, result.B)
     dtype = "float16" if config.mixed_precision else "float32"
     stored_adapter = trained.astype(np.float16) if config.mixed_precision else trained
+    cert = optimum.certify(stored_adapter.A, stored_adapter.B, declared.scale, stats)  # after any float16 rounding
 
     q_val = dataset.quality[dataset.val_idx]
     val_loss = validation_loss(stored_adapter.astype(np.float32), problems, q_val)  # after any float16 rounding
@@ -133,6 +184,11 @@ def trained_adapter(
     floor = dataset.meta.get("noise_floor")
     rel_error = delta_rel_error(stored_adapter.astype(np.float32), dataset)
     n_used = int(np.sum(dataset.quality[dataset.train_idx] >= settings.quality_threshold))
+    solver = {"solver": config.solver, "dropout": float(settings.dropout),
+              "consolidation": (config.consolidation if resumed_from else "none")}
+    if exact:
+        solver.update(ridge_rel=float(config.ridge_rel), select_rank=bool(config.select_rank and old is None),
+                      kept_rank=max(fit.ranks.values()), consolidation_lambda=float(config.consolidation_lambda))
     # Reproducible files (timestamps fixed at 0): the same data, start and settings give the same
     # bytes and data version; when it was made lives in Dagster's event log.
     metadata = AdapterMetadata(
@@ -142,17 +198,18 @@ def trained_adapter(
         dataset_description=f"{dataset.meta.get('kind')} {name} data, seed {dataset.meta.get('seed')}, dataset {synthetic_dataset.data_version[:12]}",
         n_examples=n_used,
         quality_score=float(np.clip(dataset.quality[dataset.train_idx].mean(), 0, 1)),
-        tags=current_catalogue().adapter(name).tags,
+        tags=entry.tags,
         custom={"val_loss": val_loss, "epochs_run": result.epochs_run, "dataset_version": synthetic_dataset.data_version,
-                "resumed_from": resumed_from or ""},
+                "resumed_from": resumed_from or "", **cert, **solver},
     )
 
     def write(directory):
         save_adapter(stored_adapter, directory, metadata=metadata.model_dump(mode="json"), dtype=dtype)
         save_ewc_state(directory, result.fisher)
+        save_gram_state(directory, stats.train)  # the exact Fisher, for consolidation: exact next time
         (directory / HISTORY_NAME).write_text(json.dumps(result.history, indent=1) + "\n")
 
-    finite = stored_adapter.is_finite()
+    finite = stored_adapter.astype(np.float32).is_finite()  # float16 overflow shows as inf after upcasting
     beats = bool(val_loss < zero_loss)
     near = True if not floor else bool(val_loss <= (1 + NOISE_FLOOR_TOLERANCE) * floor)
     # Only a version that passes its checks becomes the one downstream assets and retraining read.
@@ -163,7 +220,10 @@ def trained_adapter(
         data_version=DataVersion(stored.data_version),
         metadata={
             "path": MetadataValue.path(str(stored.path)),
-            "train_loss": float(result.train_loss),
+            "train_loss": float(cert["train_loss"]),
+            "optimal_train_loss": float(cert["optimal_train_loss"]),
+            "optimality_gap": float(cert["optimality_gap"]),
+            "optimal_val_loss": float(cert["optimal_val_loss"]),
             "val_loss": val_loss,
             "zero_adapter_val_loss": zero_loss,
             "noise_floor": float(floor) if floor is not None else MetadataValue.null(),
@@ -175,12 +235,15 @@ def trained_adapter(
             "steps": int(result.steps),
             "examples_used": n_used,
             "train_seconds": round(seconds, 3),
+            "statistics_seconds": round(stats_seconds, 3),
+            **solver,
             "dtype": dtype,
             "ewc": bool(ewc is not None),
             "resumed_from": resumed_from or "preset",
             "dataset_version": synthetic_dataset.data_version,
             "loss_curve": MetadataValue.md(markdown_image(loss_curve_png(result.history, floor, f"trained_adapter[{name}]"), "loss curve")),
             "history": MetadataValue.md(markdown_table(history_rows)),
+            **sweep,
             **where_it_ran(),
         },
     )
