@@ -10,7 +10,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
 
 def smol_gguf() -> str:

@@ -22,6 +22,8 @@ from ruv_resources.base_model import content_hash
 from ruv_resources.peft_format import save_adapter
 from ruv_resources.slot_reader import SlotReader
 
+pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
+
 ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -11,6 +11,8 @@ from ruv_resources.peft_format import load_adapter
 from ruv_resources.slot_reader import SlotReader
 from ruv_assets.cli import main
 
+pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
+
 METHODS = [("average", []), ("weighted", ["--weights", "0.7,0.3"]), ("task_arithmetic", ["--weights", "1,0.5"]),
            ("slerp", ["--t", "0.4"]), ("ties", ["--density", "0.4"]), ("dare", ["--density", "0.5"]),
            ("magnitude_prune", ["--density", "0.5"])]
