@@ -1,4 +1,4 @@
-"""One real cluster for the whole session: PostgreSQL, Redis, the daemon, the webserver and two
+"""One real cluster for the cluster tests: PostgreSQL, Redis, the daemon, the webserver and two
 Celery workers started by `scripts/cluster.sh` (what `make cluster` runs) on free loopback ports,
 in a temporary directory, with a catalogue of 50 small adapters; stopped at the end."""
 
@@ -65,7 +65,7 @@ class Cluster:
                               env=self.env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one cluster for the module's tests, stopped before other modules run
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     catalogue = root / "catalogue.yaml"
@@ -92,9 +92,8 @@ def cluster(tmp_path_factory):
         cluster.env["DAGSTER_HOME"] = str(root / "cluster" / "home")
         cluster.env["DAGSTER_MAX_CONCURRENT_RUNS"] = cluster.env["WORKERS"]
         with pytest.MonkeyPatch.context() as mp:
-            for key in ("RUV_HOME", "RUV_CATALOGUE") + tuple(k for k in cluster.env if k.startswith("DAGSTER_")):
+            for key in (k for k in cluster.env if k.startswith("DAGSTER_")):  # what the instance's yaml reads
                 mp.setenv(key, cluster.env[key])
-            mp.delenv("RUV_SLOTS", raising=False)
             yield cluster
     finally:
         cluster.script("down", timeout=120, check=False)
