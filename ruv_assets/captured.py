@@ -53,9 +53,8 @@ def teacher_for(base, capture):
 
 def build_dataset(directory: Path, name: str, capture, base_model_path: str, log) -> dict:
     """Write a captured dataset into `directory`; returns its metadata."""
-    read_corpus(capture.corpus)  # a bad corpus fails before a model is loaded
+    texts = read_corpus(capture.corpus)  # a bad corpus fails before a model is loaded
     _capture_extra()
-    texts = read_corpus(capture.corpus)
     base = cached_model(base_model_path, content_hash(base_model_path))
     teacher, prefix = teacher_for(base, capture)
     tokens, total = [], 0

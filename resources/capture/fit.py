@@ -66,6 +66,7 @@ def capture_statistics(teacher, base, windows: Windows, targets: tuple[str, ...]
         rope = {s: runner.rope(h) for s, h in residual.items()}
         for layer in range(teacher.info.num_layers):
             stats = LayerStats(layer)
+            deltas = {m: (teacher.linear(layer, m).weight - base.linear(layer, m).weight).double().numpy() for m in targets}
             for split, h in residual.items():
                 grams = {kind: np.zeros(_width(teacher, layer, kind), np.float64) for kind in kinds}
                 outs = []
@@ -80,11 +81,10 @@ def capture_statistics(teacher, base, windows: Windows, targets: tuple[str, ...]
                 stats.n[split] = int(h.shape[0] * h.shape[1])
                 stats.gram[split] = grams
                 for module in targets:
-                    delta = (teacher.linear(layer, module).weight - base.linear(layer, module).weight).double().numpy()
-                    C = grams[INPUT_KIND[module]] @ delta.T
+                    C = grams[INPUT_KIND[module]] @ deltas[module].T
                     key = f"layers.{layer}.{module}"
                     stats.cross.setdefault(split, {})[key] = C
-                    stats.rr.setdefault(split, {})[key] = float(np.sum(delta.T * C))
+                    stats.rr.setdefault(split, {})[key] = float(np.sum(deltas[module].T * C))
             if progress:
                 progress(f"captured layer {layer + 1}/{teacher.info.num_layers} "
                          f"({time.perf_counter() - started:.1f} s, {stats.n['train']} train rows)")
