@@ -63,4 +63,5 @@ cluster-down:
 	bash scripts/cluster.sh down
 
 clean:
+	find kernels resources ruv_assets \( -name '*.nbi' -o -name '*.nbc' \) -delete  # Numba's default cache, beside the sources
 	rm -rf .ruv .numba_cache .cluster .demo dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
