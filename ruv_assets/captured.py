@@ -9,6 +9,7 @@ and PEFT are imported here only when such an entry is materialised (the `capture
 
 from __future__ import annotations
 
+import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -55,7 +56,8 @@ def build_dataset(directory: Path, name: str, capture, base_model_path: str, log
     """Write a captured dataset into `directory`; returns its metadata."""
     texts = read_corpus(capture.corpus)  # a bad corpus fails before a model is loaded
     _capture_extra()
-    base = cached_model(base_model_path, content_hash(base_model_path))
+    base_hash = content_hash(base_model_path)
+    base = cached_model(base_model_path, base_hash)
     teacher, prefix = teacher_for(base, capture)
     tokens, total = [], 0
     for text in texts:  # tokenise only as much of the corpus as will be used
@@ -74,7 +76,7 @@ def build_dataset(directory: Path, name: str, capture, base_model_path: str, log
         "noise_floor": None, "window": capture.window, "prefix_tokens": len(prefix),
         "train_windows": int(len(windows.train)), "heldout_windows": int(len(windows.heldout)),
         "train_tokens": int(len(windows.train) * capture.window), "heldout_tokens": int(len(windows.heldout) * capture.window),
-        "base_model_hash": content_hash(base_model_path), "corpus_hash": content_hash(capture.corpus),
+        "base_model_hash": base_hash, "corpus_hash": content_hash(capture.corpus),
         "teacher_hash": _teacher_hash(capture),
     }
     save_windows(directory, windows, meta)
@@ -152,14 +154,18 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
     return adapter, metrics
 
 
-def judge(name: str, capture, dataset_dir: Path, adapter_dir: Path, base_model_path: str, log) -> dict:
-    """KL to the teacher, top-1 agreement and perplexity on held-out windows, adapter loaded by PEFT."""
+def judge(name: str, capture, dataset_dir: Path, adapter: LoraAdapter, base_model_path: str, log) -> dict:
+    """KL to the teacher, top-1 agreement and perplexity on held-out windows, with `adapter` saved
+    in PEFT layout and loaded by PEFT onto the base model (before anything is stored)."""
     from ruv_resources.capture.judge import judge_adapter
+    from ruv_resources.peft_format import save_adapter
 
     base = cached_model(base_model_path, content_hash(base_model_path))
     teacher, _ = teacher_for(base, capture)
     started = time.perf_counter()
-    scores = judge_adapter(base, teacher, load_windows(dataset_dir), adapter_dir, batch=max(1, capture.batch_size // 2))
+    with tempfile.TemporaryDirectory() as scratch:
+        save_adapter(adapter, Path(scratch), base_model=base_model_path)
+        scores = judge_adapter(base, teacher, load_windows(dataset_dir), Path(scratch), batch=max(1, capture.batch_size // 2))
     scores["judge_seconds"] = round(time.perf_counter() - started, 2)
     log(f"{name}: KL(teacher || base) {scores['teacher_kl_base']:.4f} -> {scores['teacher_kl']:.4f} "
         f"({scores['kl_removed']:.1%} removed), top-1 {scores['teacher_top1']:.3f}")

