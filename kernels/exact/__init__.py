@@ -11,6 +11,8 @@ closed form (reduced-rank ridge regression). One file per job:
     loss         loss_from_stats / loss_from_factors: any delta's loss from the statistics alone
     consolidate  consolidated_stats / consolidate_adapter / consolidation_sweep: exact consolidation
                  against an old task's Gram, and its trade-off curve
+    grouped      solve_grouped_reduced_rank: the rank-r fit when row groups read different inputs
+                 (v_proj through attention: one Gram per key/value group), by ALS
     dropout      dropout_ridge: input dropout's expected-value equivalent, a diagonal ridge
     adapter      solve_adapter: every module, one factorisation per shared Gram, dropout, selection
     dataset      dataset_stats: every module of a dataset, one pass per input, splits as weights
@@ -26,6 +28,7 @@ from ruv_kernels.exact.consolidate import (ConsolidatedStats, consolidate_adapte
 from ruv_kernels.exact.dataset import dataset_rows, dataset_stats, split_weights
 from ruv_kernels.exact.dropout import dropout_ridge
 from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.exact.grouped import GroupedSolution, solve_grouped_reduced_rank
 from ruv_kernels.exact.packing import pack_stats, unpack_stats
 from ruv_kernels.exact.loss import loss_from_factors, loss_from_rows, loss_from_stats
 from ruv_kernels.exact.solve import ExactSolution, RidgeFactor, ValidationData, ridge_factor, solve_reduced_rank
@@ -37,5 +40,5 @@ __all__ = [
     "loss_from_stats", "loss_from_factors", "loss_from_rows", "consolidated_stats", "consolidation_offset", "consolidate_adapter", "consolidation_sweep",
     "ConsolidatedStats", "dropout_ridge", "ExactSolveError", "certificate", "Certificate", "ModuleCertificate",
     "dataset_stats", "dataset_rows", "split_weights", "ValidationData", "solve_adapter", "DEFAULT_RIDGE_REL",
-    "pack_stats", "unpack_stats",
+    "pack_stats", "unpack_stats", "solve_grouped_reduced_rank", "GroupedSolution",
 ]
