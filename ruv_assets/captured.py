@@ -20,7 +20,7 @@ from ruv_kernels.modules import INPUT_KIND
 from ruv_resources.base_model import content_hash
 from ruv_resources.capture.corpus import read_corpus
 from ruv_resources.capture.files import load_layer_stats, load_windows, read_meta, save_layer_stats, save_windows, stats_bytes
-from ruv_resources.capture.windows import cut_windows, make_windows
+from ruv_resources.capture.windows import cut_windows, first_windows, make_windows
 from ruv_resources.dataset_format import DatasetError
 
 
@@ -59,21 +59,18 @@ def build_dataset(directory: Path, name: str, capture, base_model_path: str, log
     base_hash = content_hash(base_model_path)
     base = cached_model(base_model_path, base_hash)
     teacher, prefix = teacher_for(base, capture)
-    tokens, total = [], 0
-    for text in texts:  # tokenise only as much of the corpus as will be used
-        tokens.append(base.encode(text))
-        total += len(tokens[-1])
-        if total >= capture.max_tokens:
-            break
-    body = cut_windows(tokens, base.encode("\n\n"), capture.window, capture.max_tokens)
+    body, skipped = _cut(base, texts, capture)
     if body.shape[0] < 2:
-        raise DatasetError(f"{name}: capture: the corpus gives {body.shape[0]} window(s) of {capture.window} tokens; "
+        short = (f" ({skipped} texts are shorter than one window: lower window, or set windows: stream)"
+                 if skipped else "")
+        raise DatasetError(f"{name}: capture: the corpus gives {body.shape[0]} window(s) of {capture.window} tokens{short}; "
                            "at least 2 are needed (one to train on, one held out)")
     windows = make_windows(body, base.bos_id, prefix, capture.heldout_fraction, capture.seed)
     mode = capture.effective_mode
     meta = {
         "kind": "captured", "task": name, "mode": mode, "teacher": capture.teacher_kind, "seed": capture.seed,
-        "noise_floor": None, "window": capture.window, "prefix_tokens": len(prefix),
+        "noise_floor": None, "window": capture.window, "windows": capture.effective_windows,
+        "texts_shorter_than_window": skipped, "prefix_tokens": len(prefix),
         "train_windows": int(len(windows.train)), "heldout_windows": int(len(windows.heldout)),
         "train_tokens": int(len(windows.train) * capture.window), "heldout_tokens": int(len(windows.heldout) * capture.window),
         "base_model_hash": base_hash, "corpus_hash": content_hash(capture.corpus),
@@ -90,6 +87,26 @@ def build_dataset(directory: Path, name: str, capture, base_model_path: str, log
         meta["capture_seconds"] = round(time.perf_counter() - started, 2)
         meta["capture_tokens_per_s"] = round(windows.student.size / max(1e-9, meta["capture_seconds"]), 1)
     return meta
+
+
+def _cut(base, texts: list[str], capture):
+    """`(body [N, window], texts skipped as too short)`, tokenising only as much as is used."""
+    window, limit = capture.window, capture.max_tokens
+    if capture.effective_windows == "documents":
+        tokens, usable = [], 0
+        for text in texts:
+            if (usable + 1) * window > limit:
+                break
+            tokens.append(base.encode(text))
+            usable += len(tokens[-1]) >= window
+        return first_windows(tokens, window, limit)
+    tokens, total = [], 0
+    for text in texts:
+        tokens.append(base.encode(text))
+        total += len(tokens[-1])
+        if total >= limit:
+            break
+    return cut_windows(tokens, base.encode("\n\n"), window, limit), 0
 
 
 def _targets_of(name: str):
@@ -150,6 +167,14 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
         windows = load_windows(dataset_dir)
         adapter = fit_sequential(base, teacher, windows, spec, ridge_rel=ridge, sink=capture.system_prompt is not None,
                                  batch=capture.batch_size, progress=log)
+        if capture.effective_refine_epochs:
+            from ruv_resources.capture.refine import refine_adapter
+
+            metrics["closed_form_seconds"] = round(time.perf_counter() - started, 2)
+            adapter, refined = refine_adapter(base, teacher, windows, adapter, epochs=capture.effective_refine_epochs,
+                                              lr=capture.refine_lr, batch=max(1, capture.batch_size // 2), seed=capture.seed,
+                                              progress=log)
+            metrics.update(refined)
     metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
     return adapter, metrics
 

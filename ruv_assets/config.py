@@ -84,6 +84,14 @@ class CaptureConfig(Strict):
     teacher differs from the base on the target modules), sequential for a system prompt (the
     student's inputs differ from the teacher's, so each layer is fitted on what the student
     really reads after the earlier layers were fitted).
+    `windows` defaults per teacher too: `documents` for a system prompt (each text's first
+    `window` tokens: the prompt conditions the start of a text, as in a served request; on
+    SmolLM2 this removes 6-38 points more of the teacher's KL than packed windows, BENCHMARKS.md),
+    `stream` for a weight teacher (the texts packed and cut anywhere: a delta does not depend on
+    where a sequence starts, and packing uses all of the corpus).
+    `refine_epochs` (default 6 after a sequential fit, 0 after a teacher-forced one): epochs of
+    AdamW on the KL itself, through PEFT, starting from the closed-form fit, keeping the epoch
+    of lowest KL on a fifth of the training windows (`ruv_resources.capture.refine`).
     """
 
     teacher_adapter: str | None = None
@@ -95,7 +103,11 @@ class CaptureConfig(Strict):
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="windows kept for judging on the model, never trained on")
     mode: Literal["teacher_forced", "sequential"] | None = None
+    windows: Literal["documents", "stream"] | None = Field(
+        None, description="documents: each text's first `window` tokens; stream: the texts packed and cut anywhere")
     ridge: float | None = Field(None, ge=0.0, description="ridge as a fraction of the Gram's mean diagonal")
+    refine_epochs: int | None = Field(None, ge=0, le=100, description="epochs of KL descent through PEFT after a sequential fit (0: the closed form alone)")
+    refine_lr: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate of the refinement")
     min_kl_removed: float = Field(0.5, le=1.0, description="promotion gate: fraction of KL(teacher || base) removed on held-out text")
     seed: int = 0
 
@@ -115,6 +127,17 @@ class CaptureConfig(Strict):
     @property
     def effective_mode(self) -> str:
         return self.mode or ("sequential" if self.teacher_kind == "system_prompt" else "teacher_forced")
+
+    @property
+    def effective_windows(self) -> str:
+        return self.windows or ("documents" if self.teacher_kind == "system_prompt" else "stream")
+
+    @property
+    def effective_refine_epochs(self) -> int:
+        # a greedy layer-by-layer fit leaves a gap that compounds; a delta teacher is fitted exactly
+        if self.refine_epochs is not None:
+            return self.refine_epochs
+        return 6 if self.effective_mode == "sequential" else 0
 
     @property
     def effective_ridge(self) -> float:

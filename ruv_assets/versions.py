@@ -2,7 +2,7 @@
 exactly what depends on it as unsynced."""
 
 PRESET_ADAPTER = "1"
-SYNTHETIC_DATASET = "1"
-TRAINED_ADAPTER = "2"  # 2: solvers, certificate, dropout, stored Gram, lr 0.03
+SYNTHETIC_DATASET = "2"  # 2: captured windows start each text for a system prompt teacher
+TRAINED_ADAPTER = "3"  # 2: solvers, certificate, dropout, stored Gram, lr 0.03; 3: v_proj through attention, KL refinement
 MERGED_ADAPTER = "1"
 SLOT_PROMOTION = "1"

@@ -1,5 +1,10 @@
 """Token windows: the corpus cut into equal sequences, the student's and the teacher's views of each.
 
+Two ways to cut: `first_windows` takes each text's first `window` tokens (one sequence per text,
+starting where the text starts, as a served request does after its system prompt); `cut_windows`
+packs the texts into one stream and cuts it anywhere (uses all of the corpus, but a sequence may
+start mid-text and span two texts).
+
 The student reads `[BOS] + window`; the teacher reads `[BOS] + prefix + window`, where the prefix
 is a system prompt followed by a blank line (tokenised separately, so the window's positions
 align) or empty. BOS goes first even where the tokenizer does not add it itself: served requests
@@ -46,6 +51,21 @@ def cut_windows(token_lists: list[list[int]], separator: list[int], window: int,
             break
     n = min(len(stream), limit) // window
     return np.asarray(stream[: n * window], dtype=np.int64).reshape(n, window)
+
+
+def first_windows(token_lists: list[list[int]], window: int, max_tokens: int) -> tuple[np.ndarray, int]:
+    """`([N, window] the first `window` tokens of each text long enough, skipped)`, at most
+    `max_tokens` in all; `skipped` counts the texts shorter than one window."""
+    rows: list[list[int]] = []
+    skipped = 0
+    for tokens in token_lists:
+        if (len(rows) + 1) * window > max_tokens:
+            break
+        if len(tokens) < window:
+            skipped += 1
+            continue
+        rows.append(tokens[:window])
+    return np.asarray(rows, dtype=np.int64).reshape(len(rows), window), skipped
 
 
 def make_windows(body: np.ndarray, bos: int, prefix: list[int], heldout_fraction: float, seed: int) -> Windows:

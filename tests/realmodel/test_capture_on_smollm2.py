@@ -54,6 +54,15 @@ def materialise(env, cwd, select, partition):
     return done.returncode, done.stdout + done.stderr
 
 
+def instance_env(root: Path, catalogue: Path) -> tuple[dict, Path]:
+    """A fresh Dagster instance (the project's dagster.yaml) and store under `root` for `catalogue`."""
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    return {**os.environ, "DAGSTER_HOME": str(home), "RUV_HOME": str(root / "ruv"), "RUV_CATALOGUE": str(catalogue),
+            "HF_HUB_OFFLINE": "1"}, home
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, smol_path, corpus):
     root = tmp_path_factory.mktemp("capture")
@@ -69,11 +78,7 @@ adapters:
     capture: {{teacher_adapter: {teacher}, corpus: {corpus}, max_tokens: 2048, window: 128, min_kl_removed: 0.99}}
 composites: []
 """)
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RUV_HOME": str(root / "ruv"), "RUV_CATALOGUE": str(catalogue),
-           "HF_HUB_OFFLINE": "1"}
+    env, home = instance_env(root, catalogue)
     rc, log = materialise(env, root, "preset_adapter,synthetic_dataset,trained_adapter", "distilled")
     assert rc == 0, log[-4000:]
     return root, env, home, teacher
@@ -109,12 +114,15 @@ def test_promoted_into_its_slot(project):
 @pytest.mark.parametrize("case, message", [
     ("not_json", "corpus.jsonl:2: not JSON"),
     ("too_short", r"window\(s\) of 128 tokens; at least 2 are needed"),
+    ("short_texts", r"0 window\(s\) of 128 tokens \(40 texts are shorter than one window: lower window, or set windows: stream\)"),
     ("other_geometry", "teacher_adapter .*: does not fit the base model"),
 ])
 def test_bad_input_is_one_line_and_stores_nothing(project, smol_path, tmp_path, case, message):
     root, env, _, teacher = project
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "short"}\nnot json\n' if case == "not_json" else '{"text": "a few words only"}\n')
+    if case == "short_texts":
+        corpus.write_text("".join(json.dumps({"text": f"note {i}"}) + "\n" for i in range(40)))
     if case == "other_geometry":
         corpus.write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x * {i}\n" * 20}) + "\n" for i in range(40)))
         other = tmp_path / "other"
@@ -122,9 +130,10 @@ def test_bad_input_is_one_line_and_stores_nothing(project, smol_path, tmp_path, 
         save_adapter(LoraAdapter.initialise(AdapterSpec(8, 16.0, ("k_proj",), 576, None, 30), 0), other)  # k 576 -> 576: not GQA
         teacher = other
     catalogue = tmp_path / "catalogue.yaml"
+    windows = ", windows: documents" if case == "short_texts" else ""
     catalogue.write_text(f"base_model: {smol_path}\n"
                          f"adapters:\n  - {{name: broken, rank: 8, alpha: 16, target_modules: [k_proj], "
-                         f"capture: {{teacher_adapter: {teacher}, corpus: {corpus}, max_tokens: 2048}}}}\ncomposites: []\n")
+                         f"capture: {{teacher_adapter: {teacher}, corpus: {corpus}, max_tokens: 2048{windows}}}}}\ncomposites: []\n")
     store = tmp_path / "ruv"
     rc, log = materialise({**env, "RUV_CATALOGUE": str(catalogue), "RUV_HOME": str(store)}, tmp_path, "synthetic_dataset", "broken")
     assert rc != 0 and re.search(message, log), log[-3000:]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ruv_resources.capture.corpus import CorpusError, read_corpus
-from ruv_resources.capture.windows import cut_windows, make_windows
+from ruv_resources.capture.windows import cut_windows, first_windows, make_windows
 
 
 def test_jsonl_txt_and_directory(tmp_path):
@@ -44,3 +44,10 @@ def test_windows_align_teacher_and_student():
     assert w.student[:, 0].tolist() == [1, 1] and w.teacher[:, :3].tolist() == [[1, 40, 41]] * 2
     assert w.offset == 3 and np.array_equal(w.teacher[:, w.offset:], w.student[:, 1:])
     assert sorted(w.train.tolist() + w.heldout.tolist()) == [0, 1] and len(w.heldout) == 1
+
+
+def test_first_windows_start_each_text_and_skip_short_ones():
+    body, skipped = first_windows([[5, 6, 7, 8], [9], [10, 11, 12], [13, 14, 15]], window=3, max_tokens=7)
+    assert body.tolist() == [[5, 6, 7], [10, 11, 12]] and skipped == 1  # at most max_tokens: two windows
+    empty, skipped = first_windows([[1], [2]], window=3, max_tokens=9)
+    assert empty.shape == (0, 3) and skipped == 2

@@ -31,6 +31,9 @@ adapters:
     coder = catalogue.adapter("coder")
     assert coder.rank == 16 and coder.capture.effective_mode == "sequential" and coder.capture.corpus == str(tmp_path / "corpus.jsonl")
     assert catalogue.adapter("distilled").capture.effective_mode == "teacher_forced"
+    # a system prompt conditions the start of a text; a weight teacher does not care where a sequence starts
+    assert coder.capture.effective_windows == "documents"
+    assert catalogue.adapter("distilled").capture.effective_windows == "stream"
     assert catalogue.adapter("distilled").spec(geo).shape_of("layers.29.k_proj") == (576, 192)
     assert catalogue.base_model == str(tmp_path / "smol.gguf")
 
@@ -46,6 +49,8 @@ adapters:
      "name exactly one teacher"),
     ("base_model: smol.gguf\nadapters:\n  - name: coder\n    capture: {system_prompt: x, corpus: corpus.jsonl, max_tokens: 100}\n",
      "max_tokens 100 is below one batch"),
+    ("base_model: smol.gguf\nadapters:\n  - name: coder\n    capture: {system_prompt: x, corpus: corpus.jsonl, windows: packed}\n",
+     "windows.*'documents' or 'stream'"),
     ("base_model: smol.gguf\nadapters:\n  - name: coder\n    rank: 4\n    capture: {system_prompt: x, corpus: corpus.jsonl}\n",
      "coder is a preset; only capture can be added to it, not rank"),
 ])
