@@ -93,13 +93,7 @@ def _cut(base, texts: list[str], capture):
     """`(body [N, window], texts skipped as too short)`, tokenising only as much as is used."""
     window, limit = capture.window, capture.max_tokens
     if capture.effective_windows == "documents":
-        tokens, usable = [], 0
-        for text in texts:
-            if (usable + 1) * window > limit:
-                break
-            tokens.append(base.encode(text))
-            usable += len(tokens[-1]) >= window
-        return first_windows(tokens, window, limit)
+        return first_windows((base.encode(text) for text in texts), window, limit)
     tokens, total = [], 0
     for text in texts:
         tokens.append(base.encode(text))

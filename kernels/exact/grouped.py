@@ -91,18 +91,18 @@ def solve_grouped_reduced_rank(grams, crosses, rank: int, scale: float, *, ridge
             raise ExactSolveError(name, f"group {g}: Gram + ridge is not positive definite (is G a Gram matrix?)") from None
     Ms = [cho_solve(f, C) for f, C in zip(factors, Cs)]            # per-group ridge optimum D_g^T
     full = -float(sum(np.sum(M * C) for M, C in zip(Ms, Cs)))
-    Hbar = sum(Hs) / len(Hs)
-    L = np.linalg.cholesky(Hbar)
+    L = np.linalg.cholesky(sum(Hs) / len(Hs))                     # the pooled Gram, factored once
+    hbar = (L, True)
     D = np.concatenate(Ms, axis=1).T                                # [K, in]
     _, _, Vt = np.linalg.svd(D @ L, full_matrices=False)
     A = solve_triangular(L, Vt[:rank].T, lower=True, trans="T").T   # row space of the pooled projection
     Bs = _best_B(Hs, Cs, A)
     objectives = [_objective(Hs, Cs, Bs, A)]
-    hbar = cho_factor(Hbar)
     r = rank
     for _ in range(iters):
         Ks = [B.T @ B for B in Bs]
-        kbar = cho_factor(sum(Ks) + 1e-12 * np.trace(sum(Ks)) * np.eye(r))
+        K = sum(Ks)
+        kbar = cho_factor(K + 1e-12 * np.trace(K) * np.eye(r))
         rhs = sum(B.T @ C.T for B, C in zip(Bs, Cs))               # [r, in]
 
         def apply(v, Ks=Ks):

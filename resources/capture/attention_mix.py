@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ruv_kernels.exact import accumulate_cross, accumulate_gram
+from ruv_resources.capture.layerwise import as_rows
 
 
 def attention_probs(block, x, rope):
@@ -48,10 +49,6 @@ def output_target(gap, W_o, mu: float):
     return (gap.double() @ W @ torch.linalg.inv(WtW + reg)).float()
 
 
-def _rows(t) -> np.ndarray:
-    return np.ascontiguousarray(t.reshape(-1, t.shape[-1]).numpy(), dtype=np.float32)
-
-
 def grouped_statistics(P, x, target, text: slice, rep: int, head_dim: int, sink_weight: float):
     """Per key/value group: `G_g = sum_h Z_h^T Z_h` and `C_g = sum_h Z_h^T T_h` over the text
     rows (Z_h = P_h x, T_h the target's columns of head h). With `sink_weight` > 0, the first
@@ -64,12 +61,12 @@ def grouped_statistics(P, x, target, text: slice, rep: int, head_dim: int, sink_
         G, C = np.zeros((d, d)), np.zeros((d, head_dim))
         for h in range(g * rep, (g + 1) * rep):
             Z = P[:, h] @ x
-            Zt = _rows(Z[:, text])
+            Zt = as_rows(Z[:, text])
             ones = np.ones(Zt.shape[0], np.float32)
             accumulate_gram(G, Zt, ones)
-            accumulate_cross(C, Zt, _rows(target[:, :, h * head_dim:(h + 1) * head_dim]), ones)
+            accumulate_cross(C, Zt, as_rows(target[:, :, h * head_dim:(h + 1) * head_dim]), ones)
             if sink_weight > 0:
-                Z0 = _rows(Z[:, :1])
+                Z0 = as_rows(Z[:, :1])
                 accumulate_gram(G, Z0, np.full(Z0.shape[0], sink_weight, np.float32))
         grams.append(G)
         crosses.append(C)

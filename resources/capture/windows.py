@@ -13,6 +13,7 @@ start with it too, as chat templates do. Equal lengths mean no padding and no at
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,18 +54,19 @@ def cut_windows(token_lists: list[list[int]], separator: list[int], window: int,
     return np.asarray(stream[: n * window], dtype=np.int64).reshape(n, window)
 
 
-def first_windows(token_lists: list[list[int]], window: int, max_tokens: int) -> tuple[np.ndarray, int]:
+def first_windows(token_lists: Iterable[list[int]], window: int, max_tokens: int) -> tuple[np.ndarray, int]:
     """`([N, window] the first `window` tokens of each text long enough, skipped)`, at most
-    `max_tokens` in all; `skipped` counts the texts shorter than one window."""
+    `max_tokens` in all; `skipped` counts the texts shorter than one window. `token_lists` is
+    read only until the windows are full (a generator tokenises no more than is used)."""
     rows: list[list[int]] = []
     skipped = 0
-    for tokens in token_lists:
-        if (len(rows) + 1) * window > max_tokens:
-            break
+    for tokens in token_lists if window <= max_tokens else ():
         if len(tokens) < window:
             skipped += 1
             continue
         rows.append(tokens[:window])
+        if (len(rows) + 1) * window > max_tokens:
+            break
     return np.asarray(rows, dtype=np.int64).reshape(len(rows), window), skipped
 
 
