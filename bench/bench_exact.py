@@ -15,13 +15,16 @@
    synthetic examples, seed 0): the exact path (statistics of the training split from the raw
    dataset, `solve_adapter` with rank selection on the raw validation rows) against the default
    SGD training (`ruv_kernels.train.train`, default TrainSettings, not counting its row gathering):
-   wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap.
-   BENCH_ONLY=gram,solve,presets,asset selects parts; BENCH_STATS_PRECISION=mixed for the
-   presets' statistics.
+   wall time ratio, val/noise floor of both, and the SGD checkpoint's optimality gap; and the
+   bare float32 BLAS products any closed form reads (X^T X per input, X^T R per module) against
+   SGD: the largest ratio an exact solver could reach on this machine.
+   BENCH_ONLY=gram,solve,presets,asset selects parts; BENCH_STATS_PRECISION=float64 for the
+   presets' statistics (default auto, as `trained_adapter`'s `statistics_precision`).
 4. `asset`: the same comparison through `trained_adapter`'s own entry points, on the datasets the
    asset generates (catalogue presets, seed `stable_seed(name)`, the PEFT-initialised preset as
    SGD's start): SGD = `problems_for` + `kernels.train.train(TrainingConfig(dropout=p).settings())`;
-   exact = `ruv_assets.optimum.statistics` + `exact_fit` (default ridge_rel, select_rank). Each
+   exact = `ruv_assets.optimum.statistics` + `exact_fit` (default ridge_rel, select_rank,
+   statistics_precision). Each
    with dropout 0 (the default) and with the preset's lora_dropout; every checkpoint
    certified (`optimum.certify`) as the asset does (dropout: `use_lora_dropout: true`). Prints wall time, ratio, val/floor, the
    optimality gap and the exact solution's validation loss over the floor.
@@ -45,7 +48,7 @@ from ruv_kernels.exact import (ModuleStats, accumulate_gram, certificate, datase
                            ridge_factor, solve_adapter, solve_reduced_rank, split_weights)
 
 ONLY = set(os.environ.get("BENCH_ONLY", "gram,solve,presets,asset").split(","))
-STATS_PRECISION = os.environ.get("BENCH_STATS_PRECISION", "float64")  # of the presets' statistics
+STATS_PRECISION = os.environ.get("BENCH_STATS_PRECISION", "auto")  # of the presets' statistics, as the asset's default
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROWS = 2000 if QUICK else 20000
@@ -150,6 +153,27 @@ PRESETS = {  # rank, alpha, targets, as ruv_assets.presets declares them
 }
 
 
+def blas_floor(task, threshold: float) -> float:
+    """Seconds for the bare float32 products every closed form reads, X^T X per distinct input
+    and X^T R per module, by numpy on the training rows gathered beforehand (median of 3): a
+    bound on any exact solver's speed here, whatever it does around them."""
+    from ruv_kernels.exact.dataset import default_input_key
+
+    keep = task.train_idx[task.quality[task.train_idx] >= threshold]
+    inputs = {k: np.ascontiguousarray(X[keep]) for k, X in task.inputs.items()}
+    targets = {k: np.ascontiguousarray(R[keep]) for k, R in task.targets.items()}
+    used = {default_input_key(k) for k in targets}
+
+    def products():
+        for ik in used:
+            inputs[ik].T @ inputs[ik]
+        for k, R in targets.items():
+            inputs[default_input_key(k)].T @ R
+
+    products()
+    return float(np.median([_time(products) for _ in range(3)]))
+
+
 def bench_presets() -> None:
     import math
 
@@ -165,7 +189,7 @@ def bench_presets() -> None:
     print(f"\nPresets (768/3072, 2 layers, 1000 examples, seed 0): exact (select_rank, {STATS_PRECISION} statistics)"
           " vs default SGD")
     print(f"  {'preset':10s} {'exact s':>8s} {'SGD s':>7s} {'ratio':>6s} {'exact val/floor':>16s} {'SGD val/floor':>14s}"
-          f" {'kept ranks':>10s} {'SGD gap':>8s}")
+          f" {'kept ranks':>10s} {'SGD gap':>8s} {'BLAS s':>8s} {'SGD/BLAS':>9s}")
     for name, (rank, alpha, targets) in PRESETS.items():
         task = generate_task(name, targets, rank, 768, 3072, 2, 1000, 0)
         scale = lora_scale(alpha, rank)
@@ -182,6 +206,7 @@ def bench_presets() -> None:
             t0 = time.perf_counter()
             tr, va, sols = exact()
             ts.append(time.perf_counter() - t0)
+        t_floor = blas_floor(task, threshold)
         problems = build_problems(task.inputs, task.targets, task.train_idx, task.val_idx)
         rng = np.random.default_rng(100)
         A = {p.key: (rng.uniform(-1, 1, (rank, p.X_train.shape[1])) / math.sqrt(p.X_train.shape[1])).astype(np.float32)
@@ -195,7 +220,8 @@ def bench_presets() -> None:
         kept = sorted({s.effective_rank for s in sols.values()})
         t_ex = float(np.median(ts))
         print(f"  {name:10s} {t_ex:8.3f} {t_sgd:7.2f} {t_sgd / t_ex:5.1f}x {val / task.noise_floor:16.4f}"
-              f" {res.val_loss / task.noise_floor:14.4f} {str(kept):>10s} {cert.optimality_gap:8.4f}")
+              f" {res.val_loss / task.noise_floor:14.4f} {str(kept):>10s} {cert.optimality_gap:8.4f}"
+              f" {t_floor:8.3f} {t_sgd / t_floor:8.1f}x")
 
 
 def bench_asset() -> None:
@@ -229,7 +255,7 @@ def bench_asset() -> None:
         for p in sorted({0.0, float(entry.dropout)}):
             settings = TrainingConfig(dropout=p).settings()
             t0 = time.perf_counter()
-            stats = optimum.statistics(dataset, keys, settings.quality_threshold)
+            stats = optimum.statistics(dataset, keys, settings.quality_threshold, precision=config.statistics_precision)
             fit = optimum.exact_fit(stats, spec.rank, spec.scale, ridge_rel=config.ridge_rel, dropout=p,
                                     select_rank=config.select_rank)
             t_ex = time.perf_counter() - t0

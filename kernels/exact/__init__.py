@@ -4,7 +4,8 @@ Per module the training objective is weighted least squares, so its rank-r globa
 closed form (reduced-rank ridge regression). One file per job:
 
     gather       Numba kernels: rows into chunk buffers weighted by sqrt(q), float16 via a table
-    accumulate   G += X^T Q X, C += X^T Q R in one pass over X (chunks + BLAS syrk/gemm, float64)
+    accumulate   G += X^T Q X, C += X^T Q R in one pass over X (chunks + BLAS syrk/gemm; float64
+                 products, or float32 products summed in float64 across chunks)
     stats        ModuleStats (G, C, rr, q_sum, n) and LayerStats (one Gram per shared input)
     solve        solve_reduced_rank -> ExactSolution (balanced PEFT factors A [r, in], B [out, r])
     packing      pack_stats / unpack_stats: flat named arrays, each shared Gram stored once
@@ -20,7 +21,7 @@ closed form (reduced-rank ridge regression). One file per job:
     errors       ExactSolveError: one line naming the module and the reason
 """
 
-from ruv_kernels.exact.accumulate import accumulate_cross, accumulate_gram, stream_stats
+from ruv_kernels.exact.accumulate import accumulate_cross, accumulate_gram, resolve_precision, stream_stats
 from ruv_kernels.exact.adapter import DEFAULT_RIDGE_REL, solve_adapter
 from ruv_kernels.exact.certificate import Certificate, ModuleCertificate, certificate
 from ruv_kernels.exact.consolidate import (ConsolidatedStats, consolidate_adapter, consolidated_stats,
@@ -35,7 +36,7 @@ from ruv_kernels.exact.solve import ExactSolution, RidgeFactor, ValidationData, 
 from ruv_kernels.exact.stats import LayerStats, ModuleStats
 
 __all__ = [
-    "ModuleStats", "LayerStats", "accumulate_gram", "accumulate_cross", "stream_stats",
+    "ModuleStats", "LayerStats", "accumulate_gram", "accumulate_cross", "stream_stats", "resolve_precision",
     "solve_reduced_rank", "ridge_factor", "RidgeFactor", "ExactSolution",
     "loss_from_stats", "loss_from_factors", "loss_from_rows", "consolidated_stats", "consolidation_offset", "consolidate_adapter", "consolidation_sweep",
     "ConsolidatedStats", "dropout_ridge", "ExactSolveError", "certificate", "Certificate", "ModuleCertificate",

@@ -137,7 +137,8 @@ def trained_adapter(
     keys = start.keys()
     problems = problems_for(dataset, keys)
     started = time.perf_counter()
-    stats = optimum.statistics(dataset, keys, settings.quality_threshold)  # the solver's and the certificate's
+    # the solver's and the certificate's statistics
+    stats = optimum.statistics(dataset, keys, settings.quality_threshold, precision=config.statistics_precision)
     stats_seconds = time.perf_counter() - started
     started = time.perf_counter()
     old = None
@@ -235,6 +236,7 @@ def trained_adapter(
             "examples_used": n_used,
             "train_seconds": round(seconds, 3),
             "statistics_seconds": round(stats_seconds, 3),
+            "statistics_precision": stats.precision,
             **solver,
             "dtype": dtype,
             "ewc": bool(ewc is not None),

@@ -15,9 +15,9 @@ def test_gram_and_cross_match_numpy(dtype, chunk_rows):
     X, R = X.astype(dtype), R.astype(dtype)
     G_ref, C_ref, rr_ref, qs_ref, n_ref = stats(X, R, q)
     G = np.zeros((13, 13))
-    used, qs = accumulate_gram(G, X, q, chunk_rows=chunk_rows)
+    used, qs = accumulate_gram(G, X, q, chunk_rows=chunk_rows, precision="float64")
     C = np.zeros((13, 5))
-    rr = accumulate_cross(C, X, R, q, chunk_rows=chunk_rows)
+    rr = accumulate_cross(C, X, R, q, chunk_rows=chunk_rows, precision="float64")
     assert used == n_ref and qs == pytest.approx(qs_ref, rel=1e-12)
     np.testing.assert_allclose(G, G_ref, rtol=1e-12, atol=1e-10)
     np.testing.assert_array_equal(G, G.T)
@@ -45,6 +45,29 @@ def test_mixed_precision_is_close_to_float64():
     np.testing.assert_array_equal(G, G.T)
     assert np.max(np.abs(G - G_ref)) / np.max(np.abs(G_ref)) < 1e-6
     assert np.max(np.abs(C - C_ref)) / np.max(np.abs(C_ref)) < 1e-6
+
+
+@pytest.mark.parametrize("dtype, same_as", [(np.float32, "mixed"), (np.float16, "mixed"), (np.float64, "float64")])
+def test_auto_precision_follows_the_data(dtype, same_as):
+    """The default computes as BLAS would on the data: float32 products for float16/32 storage
+    (summed in float64 across chunks), float64 products for float64 storage."""
+    X, R, q = problem(700, 24, 6, seed=6)
+    X, R = X.astype(dtype), R.astype(dtype)
+    results = {}
+    for precision in ("auto", same_as, "float64" if same_as == "mixed" else "mixed"):
+        G, C = np.zeros((24, 24)), np.zeros((24, 6))
+        stream_stats(G, X, q, [(C, R)], precision=precision)
+        results[precision] = (G, C)
+    np.testing.assert_array_equal(results["auto"][0], results[same_as][0])
+    np.testing.assert_array_equal(results["auto"][1], results[same_as][1])
+    other = "float64" if same_as == "mixed" else "mixed"
+    assert not np.array_equal(results["auto"][0], results[other][0])
+    # a float64 target makes the cross product float64 as well
+    G, C = np.zeros((24, 24)), np.zeros((24, 6))
+    G64, C64 = np.zeros((24, 24)), np.zeros((24, 6))
+    stream_stats(G, X.astype(np.float32), q, [(C, R.astype(np.float64))])
+    stream_stats(G64, X.astype(np.float32), q, [(C64, R.astype(np.float64))], precision="float64")
+    np.testing.assert_array_equal(C, C64)
 
 
 def test_rank_one_rows_and_single_column():

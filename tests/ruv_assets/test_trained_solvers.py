@@ -56,6 +56,29 @@ def test_exact_solver_reaches_the_optimum(tmp_path, float16):
     assert (Path(meta["path"]) / GRAM_NAME).is_file()
 
 
+def test_statistics_in_the_datas_precision_solve_like_float64(tmp_path):
+    """The default (`statistics_precision: auto`) computes a float32 dataset's Gram with float32
+    products, as BLAS on it would; the solution and its certificate agree with float64 products."""
+    metas = {}
+    for precision in ("auto", "float64"):
+        root = tmp_path / precision
+        result = run(root, {"solver": "exact", "select_rank": False, "dropout": 0.0, "statistics_precision": precision},
+                     dataset_config={"n_examples": 600})
+        assert result.success
+        meta = trained_meta(result)
+        metas[precision] = (meta, load_adapter(meta["path"]).adapter)
+    (auto, a), (f64, b) = metas["auto"], metas["float64"]
+    assert auto["statistics_precision"] == "mixed" and f64["statistics_precision"] == "float64"
+    # training losses come from the statistics (rr - 2 tr(D C) + tr(D G D^T): float32 products
+    # cancel against rr, 2e-5 here); validation losses from the raw rows
+    for key, rel in (("optimal_train_loss", 1e-4), ("train_loss", 1e-4), ("optimal_val_loss", 1e-6), ("val_loss", 1e-6)):
+        assert auto[key] == pytest.approx(f64[key], rel=rel)
+        assert auto[key] != f64[key]  # really computed another way
+    for key in a.keys():
+        D = b.delta(key).astype(np.float64)
+        assert np.linalg.norm(a.delta(key) - D) < 1e-4 * np.linalg.norm(D)
+
+
 def test_sgd_checkpoint_carries_its_certificate(tmp_path):
     result = run(tmp_path, {"epochs": 5, "use_lora_dropout": True})  # stored, though too short to pass the noise-floor gate
     meta = trained_meta(result)
@@ -101,6 +124,14 @@ def test_bad_solver_config_fails_before_writing(tmp_path, config, message):
     assert not result.success
     error = str(result.all_events)
     assert message in error
+    assert ArtifactStore(tmp_path).versions("trained_adapter", NAME) == []
+
+
+def test_an_unknown_statistics_precision_is_refused_at_launch(tmp_path):
+    from dagster import DagsterInvalidConfigError
+
+    with pytest.raises(DagsterInvalidConfigError, match="statistics_precision"):
+        run(tmp_path, {"solver": "exact", "statistics_precision": "half"})
     assert ArtifactStore(tmp_path).versions("trained_adapter", NAME) == []
 
 
