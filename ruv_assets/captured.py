@@ -14,14 +14,20 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from ruv_kernels.adapter import AdapterSpec, LoraAdapter
-from ruv_kernels.exact import loss_from_factors
+from ruv_kernels.exact import ExactSolveError, ModuleStats, certificate, loss_from_factors
+from ruv_kernels.exact.certificate import CERTIFICATE_RIDGE_REL, relative_gap
 from ruv_kernels.modules import INPUT_KIND
 from ruv_resources.base_model import content_hash
 from ruv_resources.capture.corpus import read_corpus
 from ruv_resources.capture.files import load_layer_stats, load_windows, read_meta, save_layer_stats, save_windows, stats_bytes
 from ruv_resources.capture.windows import cut_windows, first_windows, make_windows
 from ruv_resources.dataset_format import DatasetError
+
+
+CERTIFICATE_RIDGES = (CERTIFICATE_RIDGE_REL, 1e-8, 1e-7)  # tried in turn, below the fit's own ridge
 
 
 def _capture_extra():
@@ -136,23 +142,8 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
     started = time.perf_counter()
     metrics: dict = {"mode": meta["mode"], "ridge_rel": ridge}
     if meta["mode"] == "teacher_forced":
-        from ruv_resources.capture.fit import fit_layer
-
-        A, B, train_num, val_num, denom = {}, {}, 0.0, 0.0, 0
-        for layer in range(spec.num_layers):
-            stats = load_layer_stats(dataset_dir, layer)
-            fits = fit_layer(stats, spec, ridge_rel=ridge)
-            for key, solution in fits.items():
-                A[key], B[key] = solution.A, solution.B
-                module = key.split(".")[2]
-                G_val, C_val = stats.gram["val"][INPUT_KIND[module]], stats.cross["val"][key]
-                val_num += loss_from_factors(G_val, C_val, stats.rr["val"][key], float(stats.n["val"]), solution.A, solution.B, spec.scale, name=key)
-                train_num += loss_from_factors(stats.gram["train"][INPUT_KIND[module]], stats.cross["train"][key], stats.rr["train"][key],
-                                               float(stats.n["train"]), solution.A, solution.B, spec.scale, name=key)
-                denom += 1
-            log(f"solved layer {layer + 1}/{spec.num_layers}")
-        adapter = LoraAdapter(spec, A, B)
-        metrics.update(train_loss=train_num / denom, val_loss=val_num / denom)
+        adapter, solved = fit_from_statistics(dataset_dir, spec, ridge, log)
+        metrics.update(solved)
     else:
         from ruv_resources.capture.fit import fit_sequential
 
@@ -169,8 +160,67 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
                                               lr=capture.refine_lr, batch=max(1, capture.batch_size // 2), seed=capture.seed,
                                               progress=log)
             metrics.update(refined)
+        metrics["certificate"] = ("none: a sequential fit's inputs change as earlier layers are fitted, and the "
+                                  "refinement minimises the KL, so no per-module least-squares optimum applies")
     metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
     return adapter, metrics
+
+
+def fit_from_statistics(dataset_dir: Path, spec: AdapterSpec, ridge_rel: float, log) -> tuple[LoraAdapter, dict]:
+    """The rank-r optimum of every module from a teacher-forced capture's per-layer statistics,
+    with its losses and its optimality certificate (train_loss, optimal_train_loss,
+    optimality_gap, optimal_val_loss: means over modules, as for synthetic data; and
+    certificate_ridge_rel, the ridge of the optimum it is measured against)."""
+    from ruv_resources.capture.fit import fit_layer
+
+    A, B, certified, val_losses, certificate_ridge = {}, {}, [], [], 0.0
+    for layer in range(spec.num_layers):
+        stats = load_layer_stats(dataset_dir, layer)
+        fits = fit_layer(stats, spec, ridge_rel=ridge_rel)
+        train_st = {key: _module_stats(stats, "train", key) for key in fits}
+        val_st = {key: _module_stats(stats, "val", key) for key in fits}
+        for key, solution in fits.items():
+            A[key], B[key] = solution.A, solution.B
+            v = val_st[key]
+            val_losses.append(loss_from_factors(v.G, v.C, v.rr, v.q_sum, solution.A, solution.B, spec.scale, name=key))
+        cert, used = _certify(fits, train_st, val_st, spec.scale, ridge_rel)
+        certified.extend(cert.modules.values())
+        certificate_ridge = max(certificate_ridge, used)
+        log(f"solved layer {layer + 1}/{spec.num_layers}")
+    train_loss = float(np.mean([m.train_loss for m in certified]))
+    optimum = float(np.mean([m.optimal_train_loss for m in certified]))
+    return LoraAdapter(spec, A, B), {
+        "train_loss": train_loss, "val_loss": float(np.mean(val_losses)), "optimal_train_loss": optimum,
+        "optimality_gap": relative_gap(train_loss, optimum),
+        "optimal_val_loss": float(np.mean([m.optimal_val_loss for m in certified])),
+        "certificate_ridge_rel": certificate_ridge,
+    }
+
+
+def _certify(fits: dict, train_st: dict, val_st: dict, scale: float, ridge_rel: float):
+    """The stored factors against each module's rank-r optimum at the smallest ridge the statistics
+    allow: `(Certificate, ridge_rel used)`. The statistics are stored as float32 (each entry
+    rounded, relative 6e-8), so a Gram with small eigenvalues is positive definite only to that
+    rounding (on SmolLM2's layer 0 a ridge of 1e-9 fails); the certificate tries 1e-9, 1e-8 and
+    1e-7 and stops at the fit's own ridge."""
+    factors = {key: (s.A, s.B, scale) for key, s in fits.items()}
+    tries = sorted({r for r in CERTIFICATE_RIDGES if r < ridge_rel} | {ridge_rel})
+    for rel in tries[:-1]:
+        try:
+            return certificate(factors, train_st, val_stats=val_st, ridge_rel=rel), rel
+        except ExactSolveError:
+            continue
+    return certificate(factors, train_st, val_stats=val_st, ridge_rel=tries[-1]), tries[-1]
+
+
+def _module_stats(stats, split: str, key: str) -> ModuleStats:
+    """One module's captured statistics of one split as a ModuleStats (its Gram is the layer's array)."""
+    G = stats.gram[split][INPUT_KIND[key.split(".")[2]]]
+    C = stats.cross[split][key]
+    out = ModuleStats(G.shape[0], C.shape[1], G=G, name=key)
+    out.C[...] = C
+    out.rr, out.q_sum, out.n = stats.rr[split][key], float(stats.n[split]), int(stats.n[split])
+    return out
 
 
 def judge(name: str, capture, dataset_dir: Path, adapter: LoraAdapter, base_model_path: str, log) -> dict:

@@ -30,7 +30,7 @@ class Statistics:
 def statistics(dataset: Dataset, keys: list[str], quality_threshold: float, *, precision: str = "auto") -> Statistics:
     """`precision` of the Gram and cross terms (`ruv_kernels.exact.accumulate`): "auto" computes as
     BLAS on the dataset's dtype would, float32 products for float16/32 data (on the presets' datasets
-    the same validation losses and kept ranks as float64 to 7 digits, half the time)."""
+    validation losses within 3e-7 of float64's and the same kept ranks, in half the time)."""
     n = dataset.n_examples
     targets = {k: dataset.targets[k] for k in keys}
     key_of = dataset.input_of.__getitem__

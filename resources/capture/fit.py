@@ -75,8 +75,8 @@ def capture_statistics(teacher, base, windows: Windows, targets: tuple[str, ...]
                     seen = {"hidden": attn.x, "attn_out": attn.inner, "mlp_act": mlp.inner}
                     for kind in kinds:
                         X = as_rows(seen[kind])
-                        # float64 products (the kernels' default): ridge_rel 1e-6 on activations with
-                        # outlier channels (docs/exact-solver.md, "Which one is used")
+                        # float64 products (the kernels' default): beside the forwards the Gram costs
+                        # little here (docs/exact-solver.md, "Which one is used")
                         accumulate_gram(grams[kind], X, np.ones(X.shape[0], np.float32))
                     outs.append(out)
                 residual[split] = torch.cat(outs)

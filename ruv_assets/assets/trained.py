@@ -48,6 +48,8 @@ from ruv_assets.training_config import TrainingConfig
 
 HISTORY_NAME = "history.json"
 NOISE_FLOOR_TOLERANCE = 0.25  # promotion gate: val loss at most 25% above the noise floor
+# what a captured fit records of its certificate (teacher-forced: figures; sequential: why there are none)
+CERTIFICATE_FIELDS = ("optimal_train_loss", "optimality_gap", "optimal_val_loss", "certificate_ridge_rel", "certificate")
 
 CHECKS = [
     AssetCheckSpec("weights_finite", asset="trained_adapter", blocking=True, description="every A and B value is finite"),
@@ -266,7 +268,8 @@ def _train_captured(context, name, entry, spec, store, dataset: StoredObject):
     adapter, fit = captured.train(name, spec, entry.capture, dataset.path, base_model, context.log.info)
     metadata = AdapterMetadata(name=name, created_at_ms=0, modified_at_ms=0,
                                dataset_description=f"captured {name} data, dataset {dataset.data_version[:12]}",
-                               tags=entry.tags, custom={"dataset_version": dataset.data_version, "mode": fit["mode"]})
+                               tags=entry.tags, custom={"dataset_version": dataset.data_version, "mode": fit["mode"],
+                                                        **{k: fit[k] for k in CERTIFICATE_FIELDS if k in fit}})
     finite = adapter.is_finite()
     scores = captured.judge(name, entry.capture, dataset.path, adapter, base_model, context.log.info)
     beats = bool(scores["teacher_kl"] < scores["teacher_kl_base"])

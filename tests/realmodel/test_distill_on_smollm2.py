@@ -41,3 +41,4 @@ def test_a_q_v_adapter_removes_a_share_of_the_prompts_kl(distilled):
     assert 0.1 < trained["teacher_kl_base"] < 0.5, trained["teacher_kl_base"]
     assert trained["kl_removed"] >= 0.3, trained
     assert trained["teacher_top1"] > trained["teacher_top1_base"]
+    assert trained["certificate"].startswith("none: a sequential fit")  # says why it has no optimality gap
