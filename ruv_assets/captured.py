@@ -9,6 +9,7 @@ and PEFT are imported here only when such an entry is materialised (the `capture
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from functools import lru_cache
@@ -19,6 +20,7 @@ import numpy as np
 from ruv_kernels.adapter import AdapterSpec, LoraAdapter
 from ruv_kernels.exact import ExactSolveError, ModuleStats, certificate, loss_from_factors
 from ruv_kernels.exact.certificate import CERTIFICATE_RIDGE_REL, relative_gap
+from ruv_kernels.finite import is_finite
 from ruv_kernels.modules import INPUT_KIND
 from ruv_resources.base_model import content_hash
 from ruv_resources.capture.corpus import read_corpus
@@ -169,8 +171,9 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
 def fit_from_statistics(dataset_dir: Path, spec: AdapterSpec, ridge_rel: float, log) -> tuple[LoraAdapter, dict]:
     """The rank-r optimum of every module from a teacher-forced capture's per-layer statistics,
     with its losses and its optimality certificate (train_loss, optimal_train_loss,
-    optimality_gap, optimal_val_loss: means over modules, as for synthetic data; and
-    certificate_ridge_rel, the ridge of the optimum it is measured against)."""
+    optimality_gap, optimal_val_loss: means over modules, as for synthetic data; the gap is None
+    when the optimum rounds to <= 0; and certificate_ridge_rel, the largest ridge of any layer's
+    optimum: each layer is certified at the smallest ridge its float32 Grams allow)."""
     from ruv_resources.capture.fit import fit_layer
 
     A, B, certified, val_losses, certificate_ridge = {}, {}, [], [], 0.0
@@ -189,9 +192,10 @@ def fit_from_statistics(dataset_dir: Path, spec: AdapterSpec, ridge_rel: float, 
         log(f"solved layer {layer + 1}/{spec.num_layers}")
     train_loss = float(np.mean([m.train_loss for m in certified]))
     optimum = float(np.mean([m.optimal_train_loss for m in certified]))
+    gap = relative_gap(train_loss, optimum)  # an optimum rounded to <= 0 (an exact teacher): no ratio
     return LoraAdapter(spec, A, B), {
         "train_loss": train_loss, "val_loss": float(np.mean(val_losses)), "optimal_train_loss": optimum,
-        "optimality_gap": relative_gap(train_loss, optimum),
+        "optimality_gap": gap if math.isfinite(gap) else None,
         "optimal_val_loss": float(np.mean([m.optimal_val_loss for m in certified])),
         "certificate_ridge_rel": certificate_ridge,
     }
@@ -217,6 +221,8 @@ def _module_stats(stats, split: str, key: str) -> ModuleStats:
     """One module's captured statistics of one split as a ModuleStats (its Gram is the layer's array)."""
     G = stats.gram[split][INPUT_KIND[key.split(".")[2]]]
     C = stats.cross[split][key]
+    if not (is_finite(G) and is_finite(C) and math.isfinite(stats.rr[split][key])):
+        raise ExactSolveError(key, f"NaN or infinity in the captured {split} statistics; capture the dataset again")
     out = ModuleStats(G.shape[0], C.shape[1], G=G, name=key)
     out.C[...] = C
     out.rr, out.q_sum, out.n = stats.rr[split][key], float(stats.n[split]), int(stats.n[split])

@@ -33,8 +33,9 @@ class TrainingConfig(Config):
                               "loss, zero-padded to the adapter's rank")
     statistics_precision: Literal["auto", "float64", "mixed"] = Field(
         "auto", description="the Gram and cross terms of the exact solver and the certificate: auto = as BLAS on the "
-        "dataset would (float32 products summed in float64 across 512-row chunks for float16/32 data, float64 for "
-        "float64 data); float64 = float64 products (half the speed, 1e-16 instead of 1e-7 of max |G|)")
+        "dataset would (float32 products summed in float64 across chunks of 512 rows, 2048 above 1536 inputs; datasets "
+        "are float32 or float16, so auto is mixed here; float64 data would get float64); float64 = float64 products "
+        "(half the speed, 1e-16 instead of ~1e-7 of max |G|)")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="LoRA input dropout p during training (SGD: seeded "
                                   "inverted dropout; exact: its ridge p/(1-p) diag G); unset = 0, or the adapter's "
                                   "lora_dropout with use_lora_dropout")

@@ -3,6 +3,6 @@ exactly what depends on it as unsynced."""
 
 PRESET_ADAPTER = "1"
 SYNTHETIC_DATASET = "2"  # 2: captured windows start each text for a system prompt teacher
-TRAINED_ADAPTER = "4"  # 2: solvers, certificate, dropout, stored Gram, lr 0.03; 3: v_proj through attention, KL refinement; 4: statistics in the data's precision (statistics_precision auto)
+TRAINED_ADAPTER = "4"  # 2: solvers, certificate, dropout, stored Gram, lr 0.03; 3: v_proj through attention, KL refinement; 4: statistics in the data's precision (statistics_precision auto), certificate on captured adapters
 MERGED_ADAPTER = "1"
 SLOT_PROMOTION = "1"

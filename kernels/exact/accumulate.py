@@ -6,16 +6,18 @@ into the caller's float64 arrays (`dsyrk` for G: half the multiply-adds of a gen
 `dgemm` with beta = 1 for C). No copy of X or R is made: memory is the chunk buffers only.
 
 precision:
-  "auto" (default)     the precision of the data, as BLAS on it would use: "mixed" when X and
-                       every R are float16/float32, "float64" when any of them is float64.
-  "float64"            products and sums in float64 (the buffer holds float64 rows; float32 and
+  "float64" (default)  products and sums in float64 (the buffer holds float64 rows; float32 and
                        float16 inputs convert exactly, so only the sums round).
+  "auto"               the precision of the data, as BLAS on it would use: "mixed" when X and
+                       every R are float16/float32, "float64" when any of them is float64
+                       (`trained_adapter`'s default through `statistics_precision`).
   "mixed"              products summed in float32 within one chunk (`chunk_rows` rows, BLAS
                        `ssyrk`/`sgemm`), chunks summed in float64. About twice the speed of
-                       "float64" (float32 SIMD lanes are twice as wide) and 0.83-1.0x numpy's
-                       float32 `X.T @ X` on the same data; the relative error of an entry grows
-                       with sqrt(chunk_rows) * 6e-8 instead of 1e-16 (bench: 1e-7 of max |G|,
-                       a third of numpy's float32 result's error, which sums all rows in float32).
+                       "float64" (float32 SIMD lanes are twice as wide) and 0.89-1.01x numpy's
+                       float32 `X.T @ X` on the same data (quiet machine, BENCHMARKS.md); the
+                       relative error of an entry grows with sqrt(chunk_rows) * 6e-8 instead of
+                       1e-16 (bench: 0.8-1.6e-7 of max |G|, 2.5-4.7x below the error of numpy's
+                       float32 result, which sums all rows in float32).
 """
 
 from __future__ import annotations

@@ -283,7 +283,7 @@ def _train_captured(context, name, entry, spec, store, dataset: StoredObject):
         data_version=DataVersion(stored.data_version),
         metadata={
             "path": MetadataValue.path(str(stored.path)),
-            **{k: (float(v) if isinstance(v, float) else v) for k, v in fit.items()},
+            **{k: (float(v) if isinstance(v, float) else MetadataValue.null() if v is None else v) for k, v in fit.items()},
             **{k: float(v) if isinstance(v, float) else int(v) for k, v in scores.items()},
             "noise_floor": MetadataValue.null(),
             "dataset_version": dataset.data_version,

@@ -65,7 +65,7 @@ def test_auto_precision_follows_the_data(dtype, same_as):
     # a float64 target makes the cross product float64 as well
     G, C = np.zeros((24, 24)), np.zeros((24, 6))
     G64, C64 = np.zeros((24, 24)), np.zeros((24, 6))
-    stream_stats(G, X.astype(np.float32), q, [(C, R.astype(np.float64))])
+    stream_stats(G, X.astype(np.float32), q, [(C, R.astype(np.float64))], precision="auto")
     stream_stats(G64, X.astype(np.float32), q, [(C64, R.astype(np.float64))], precision="float64")
     np.testing.assert_array_equal(C, C64)
 

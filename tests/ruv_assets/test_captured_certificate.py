@@ -51,9 +51,8 @@ def test_the_fit_is_certified_optimal(tmp_path):
     assert logged == ["solved layer 1/2", "solved layer 2/2"]
 
 
-def test_a_worse_fit_has_a_larger_gap(tmp_path):
-    """The certificate measures the stored factors, not the fit it expected: a rank-1 spec is
-    certified against the rank-1 optimum (gap ~0); its loss is higher than rank 2's."""
+def test_the_optimum_is_that_of_the_adapters_rank(tmp_path):
+    """A rank-1 spec is certified against the rank-1 optimum (gap ~0), whose loss is far above rank 2's."""
     write_statistics(tmp_path)
     _, rank2 = fit_from_statistics(tmp_path, SPEC, 1e-6, lambda _: None)
     spec1 = AdapterSpec(rank=1, alpha=2.0, targets=SPEC.targets, hidden_size=16, intermediate_size=24, num_layers=2)
@@ -62,15 +61,27 @@ def test_a_worse_fit_has_a_larger_gap(tmp_path):
     assert 0 <= rank1["optimality_gap"] < 1e-5
 
 
-def test_nan_in_the_statistics_names_the_module(tmp_path):
+def test_a_strongly_regularised_fit_shows_its_gap(tmp_path):
+    """The certificate measures the stored factors against the least-regularised optimum: a fit at
+    ridge_rel 1 is shrunk, and its gap says by how much (its training loss against the optimum's)."""
+    write_statistics(tmp_path)
+    _, fit = fit_from_statistics(tmp_path, SPEC, 1.0, lambda _: None)
+    assert fit["certificate_ridge_rel"] == pytest.approx(1e-9)  # these Grams are well conditioned
+    assert fit["optimality_gap"] > 0.05
+    assert fit["train_loss"] == pytest.approx(fit["optimal_train_loss"] * (1 + fit["optimality_gap"]), rel=1e-9)
+
+
+@pytest.mark.parametrize("tensor", ["cross.train.layers.1.v_proj", "cross.val.layers.1.v_proj", "gram.val.hidden"])
+def test_nan_in_the_statistics_names_the_module(tmp_path, tensor):
     from safetensors.numpy import load_file, save_file
 
     write_statistics(tmp_path)
     path = tmp_path / "stats.layers.1.safetensors"
     tensors = load_file(str(path))
-    tensors["cross.train.layers.1.v_proj"][0, 0] = np.nan
+    tensors[tensor][0, 0] = np.nan
     save_file(tensors, str(path), metadata={"format": "ruv-stats"})
-    with pytest.raises(ExactSolveError, match=r"^layers\.1\.v_proj: .*NaN"):
+    module = "v_proj" if "v_proj" in tensor else "q_proj"  # a NaN Gram is met by its first module
+    with pytest.raises(ExactSolveError, match=rf"^layers\.1\.{module}: .*NaN"):
         fit_from_statistics(tmp_path, SPEC, 1e-6, lambda _: None)
 
 
@@ -88,5 +99,5 @@ def test_a_gram_singular_to_its_float32_rounding_is_certified_at_a_larger_ridge(
             stats.rr[split] = {key: 1.0e3 for key in stats.cross[split]}
         save_layer_stats(tmp_path, stats)
     _, metrics = fit_from_statistics(tmp_path, SPEC, 1e-4, lambda _: None)
-    assert 1e-9 < metrics["certificate_ridge_rel"] <= 1e-4
+    assert 1e-9 < metrics["certificate_ridge_rel"] < 1e-4  # neither the vanishing ridge nor the fit's own
     assert np.isfinite(metrics["optimality_gap"]) and metrics["optimal_val_loss"] > 0
