@@ -4,7 +4,9 @@
    model over the same windows (what capture needs: the teacher's, and the base's for W0); peak RSS;
 2. a teacher with a full-rank difference from the base (base + a rank-64 adapter on q/k/v/o with a
    decaying spectrum): at rank 16, the adapter fitted on captured activations against plain SVD of
-   the weight difference at the same rank (what mergekit-extract-lora does), held-out KL of both;
+   the weight difference at the same rank (what mergekit-extract-lora does), held-out KL of both,
+   and both certified against the captured statistics (`captured.certify_on_statistics`: loss
+   against the rank-16 optimum of the activation-space objective, as trained_adapter records it);
 3. a rank-8 teacher (KL ~ 0.15): the share of KL(teacher || base) the captured rank-8 adapter removes.
 
 Threads are pinned (torch 2, NUMBA/OPENBLAS 1 unless set). Prints figures for BENCHMARKS.md.
@@ -26,7 +28,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ruv_kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
-from ruv_resources.capture.fit import capture_statistics, fit_layer  # noqa: E402
+from ruv_assets.captured import certify_on_statistics, fit_from_statistics  # noqa: E402
+from ruv_resources.capture.files import save_layer_stats  # noqa: E402
+from ruv_resources.capture.fit import capture_statistics  # noqa: E402
 from ruv_resources.capture.judge import judge_adapter  # noqa: E402
 from ruv_resources.capture.models import load_model, teacher_from_adapter  # noqa: E402
 from ruv_resources.capture.windows import cut_windows, make_windows  # noqa: E402
@@ -34,6 +38,7 @@ from ruv_resources.peft_format import save_adapter  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 TOKENS = int(os.environ.get("BENCH_CAPTURE_TOKENS", "4096"))
+RIDGE_REL = 1e-6  # the teacher-forced default
 
 
 def smol() -> str:
@@ -63,18 +68,18 @@ def teacher_dir(rank: int, std: float, decay: float | None, seed: int) -> str:
     return directory
 
 
-def fit_captured(teacher, base, windows, rank) -> str:
-    s = spec(rank)
-    A, B = {}, {}
+def fit_captured(teacher, base, windows, rank) -> tuple[str, str, dict]:
+    """(adapter dir, statistics dir, certificate) as trained_adapter fits a teacher-forced capture."""
+    statistics = tempfile.mkdtemp()
     for stats in capture_statistics(teacher, base, windows, TARGETS):
-        for key, solution in fit_layer(stats, s, ridge_rel=1e-6).items():
-            A[key], B[key] = solution.A, solution.B
+        save_layer_stats(statistics, stats)
+    adapter, cert = fit_from_statistics(statistics, spec(rank), RIDGE_REL, lambda _: None)
     directory = tempfile.mkdtemp()
-    save_adapter(LoraAdapter(s, A, B), directory)
-    return directory
+    save_adapter(adapter, directory)
+    return directory, statistics, cert
 
 
-def svd_baseline(teacher, base, rank) -> str:
+def svd_baseline(teacher, base, rank) -> tuple[str, LoraAdapter]:
     """Per module: truncated SVD of W_teacher - W_base at `rank`, as balanced factors."""
     s = spec(rank)
     A, B = {}, {}
@@ -87,8 +92,9 @@ def svd_baseline(teacher, base, rank) -> str:
             B[key] = (U[:, :rank] * root).astype(np.float32)
             A[key] = (root[:, None] * Vt[:rank]).astype(np.float32)
     directory = tempfile.mkdtemp()
-    save_adapter(LoraAdapter(s, A, B), directory)
-    return directory
+    adapter = LoraAdapter(s, A, B)
+    save_adapter(adapter, directory)
+    return directory, adapter
 
 
 def main() -> None:
@@ -126,14 +132,22 @@ def main() -> None:
     print(f"capture: {capture:.1f} s ({n_tokens / capture:.0f} tokens/s) against two plain forwards {plain:.1f} s: {capture / plain:.2f}x")
 
     # 3. rank-8 teacher recovered
-    recovered = judge_adapter(base, teacher, windows, fit_captured(teacher, base, windows, 8))
+    fitted, _, cert8 = fit_captured(teacher, base, windows, 8)
+    recovered = judge_adapter(base, teacher, windows, fitted)
+    results["rank8_certificate"] = cert8
+    print(f"rank-8 teacher, certificate: {cert8}")
     results["rank8"] = {k: round(v, 5) for k, v in recovered.items()}
     print(f"rank-8 teacher: KL {recovered['teacher_kl_base']:.4f} -> {recovered['teacher_kl']:.2e} ({recovered['kl_removed']:.4%} removed)")
 
     # 2. full-rank teacher: captured fit against SVD of the weight difference, both at rank 16
     full = teacher_from_adapter(base, teacher_dir(64, 0.03, 0.93, 11))
-    captured = judge_adapter(base, full, windows, fit_captured(full, base, windows, 16))
-    svd = judge_adapter(base, full, windows, svd_baseline(full, base, 16))
+    fitted, statistics, cert_captured = fit_captured(full, base, windows, 16)
+    captured = judge_adapter(base, full, windows, fitted)
+    svd_dir, svd_adapter = svd_baseline(full, base, 16)
+    svd = judge_adapter(base, full, windows, svd_dir)
+    cert_svd = certify_on_statistics(statistics, svd_adapter, RIDGE_REL)
+    results["full_rank_certificates"] = {"captured": cert_captured, "svd": cert_svd}
+    print(f"full-rank teacher, certificates against the captured rank-16 optimum: captured {cert_captured}, SVD {cert_svd}")
     results["full_rank_teacher"] = {"kl_base": round(captured["teacher_kl_base"], 5), "kl_captured_r16": round(captured["teacher_kl"], 5),
                                     "kl_svd_r16": round(svd["teacher_kl"], 5), "top1_captured": round(captured["teacher_top1"], 4),
                                     "top1_svd": round(svd["teacher_top1"], 4)}

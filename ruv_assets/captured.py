@@ -170,30 +170,42 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
 
 def fit_from_statistics(dataset_dir: Path, spec: AdapterSpec, ridge_rel: float, log) -> tuple[LoraAdapter, dict]:
     """The rank-r optimum of every module from a teacher-forced capture's per-layer statistics,
-    with its losses and its optimality certificate (train_loss, optimal_train_loss,
-    optimality_gap, optimal_val_loss: means over modules, as for synthetic data; the gap is None
-    when the optimum rounds to <= 0; and certificate_ridge_rel, the largest ridge of any layer's
-    optimum: each layer is certified at the smallest ridge its float32 Grams allow)."""
+    with its losses and its optimality certificate (`certify_on_statistics`)."""
     from ruv_resources.capture.fit import fit_layer
 
-    A, B, certified, val_losses, certificate_ridge = {}, {}, [], [], 0.0
+    A, B = {}, {}
+    for layer in range(spec.num_layers):
+        for key, solution in fit_layer(load_layer_stats(dataset_dir, layer), spec, ridge_rel=ridge_rel).items():
+            A[key], B[key] = solution.A, solution.B
+        log(f"solved layer {layer + 1}/{spec.num_layers}")
+    adapter = LoraAdapter(spec, A, B)
+    return adapter, certify_on_statistics(dataset_dir, adapter, ridge_rel)
+
+
+def certify_on_statistics(dataset_dir: Path, adapter: LoraAdapter, ridge_rel: float) -> dict:
+    """Any adapter of the capture's shapes against a teacher-forced capture's statistics, as a
+    synthetic checkpoint is: train_loss, val_loss (held-out windows), optimal_train_loss,
+    optimality_gap (None when the optimum rounds to <= 0), optimal_val_loss (means over modules),
+    and certificate_ridge_rel: the largest ridge of any layer's optimum, each layer being
+    certified at the smallest ridge its float32 Grams allow, at most `ridge_rel`."""
+    spec = adapter.spec
+    certified, val_losses, certificate_ridge = [], [], 0.0
     for layer in range(spec.num_layers):
         stats = load_layer_stats(dataset_dir, layer)
-        fits = fit_layer(stats, spec, ridge_rel=ridge_rel)
-        train_st = {key: _module_stats(stats, "train", key) for key in fits}
-        val_st = {key: _module_stats(stats, "val", key) for key in fits}
-        for key, solution in fits.items():
-            A[key], B[key] = solution.A, solution.B
+        keys = [f"layers.{layer}.{module}" for module in spec.targets]
+        factors = {key: (adapter.A[key], adapter.B[key], spec.scale) for key in keys}
+        train_st = {key: _module_stats(stats, "train", key) for key in keys}
+        val_st = {key: _module_stats(stats, "val", key) for key in keys}
+        for key, (a, b, scale) in factors.items():
             v = val_st[key]
-            val_losses.append(loss_from_factors(v.G, v.C, v.rr, v.q_sum, solution.A, solution.B, spec.scale, name=key))
-        cert, used = _certify(fits, train_st, val_st, spec.scale, ridge_rel)
+            val_losses.append(loss_from_factors(v.G, v.C, v.rr, v.q_sum, a, b, scale, name=key))
+        cert, used = _certify(factors, train_st, val_st, ridge_rel)
         certified.extend(cert.modules.values())
         certificate_ridge = max(certificate_ridge, used)
-        log(f"solved layer {layer + 1}/{spec.num_layers}")
     train_loss = float(np.mean([m.train_loss for m in certified]))
     optimum = float(np.mean([m.optimal_train_loss for m in certified]))
     gap = relative_gap(train_loss, optimum)  # an optimum rounded to <= 0 (an exact teacher): no ratio
-    return LoraAdapter(spec, A, B), {
+    return {
         "train_loss": train_loss, "val_loss": float(np.mean(val_losses)), "optimal_train_loss": optimum,
         "optimality_gap": gap if math.isfinite(gap) else None,
         "optimal_val_loss": float(np.mean([m.optimal_val_loss for m in certified])),
@@ -201,13 +213,12 @@ def fit_from_statistics(dataset_dir: Path, spec: AdapterSpec, ridge_rel: float, 
     }
 
 
-def _certify(fits: dict, train_st: dict, val_st: dict, scale: float, ridge_rel: float):
-    """The stored factors against each module's rank-r optimum at the smallest ridge the statistics
-    allow: `(Certificate, ridge_rel used)`. The statistics are stored as float32 (each entry
-    rounded, relative 6e-8), so a Gram with small eigenvalues is positive definite only to that
-    rounding (on SmolLM2's layer 0 a ridge of 1e-9 fails); the certificate tries 1e-9, 1e-8 and
-    1e-7 and stops at the fit's own ridge."""
-    factors = {key: (s.A, s.B, scale) for key, s in fits.items()}
+def _certify(factors: dict, train_st: dict, val_st: dict, ridge_rel: float):
+    """`factors` ({key: (A, B, scale)}) against each module's rank-r optimum at the smallest ridge
+    the statistics allow: `(Certificate, ridge_rel used)`. The statistics are stored as float32
+    (each entry rounded, relative 6e-8), so a Gram with small eigenvalues is positive definite only
+    to that rounding (on SmolLM2's layer 0 a ridge of 1e-9 fails); the certificate tries 1e-9, 1e-8
+    and 1e-7 and stops at `ridge_rel` (the fit's own ridge)."""
     tries = sorted({r for r in CERTIFICATE_RIDGES if r < ridge_rel} | {ridge_rel})
     for rel in tries[:-1]:
         try:

@@ -9,7 +9,7 @@ from ruv_kernels.adapter import AdapterSpec
 from ruv_kernels.exact import ExactSolveError
 from ruv_resources.capture.files import save_layer_stats
 from ruv_resources.capture.fit import LayerStats
-from ruv_assets.captured import fit_from_statistics
+from ruv_assets.captured import certify_on_statistics, fit_from_statistics
 
 SPEC = AdapterSpec(rank=2, alpha=4.0, targets=("q_proj", "v_proj"), hidden_size=16, intermediate_size=24, num_layers=2)
 
@@ -83,6 +83,20 @@ def test_nan_in_the_statistics_names_the_module(tmp_path, tensor):
     module = "v_proj" if "v_proj" in tensor else "q_proj"  # a NaN Gram is met by its first module
     with pytest.raises(ExactSolveError, match=rf"^layers\.1\.{module}: .*NaN"):
         fit_from_statistics(tmp_path, SPEC, 1e-6, lambda _: None)
+
+
+def test_any_adapter_of_the_shapes_is_certified(tmp_path):
+    """Another adapter (here the fit with B shrunk by 10%, as a weight-space approximation might be)
+    is measured against the same optimum: the same optimal losses, a larger gap."""
+    from ruv_kernels.adapter import LoraAdapter
+
+    write_statistics(tmp_path)
+    fitted, best = fit_from_statistics(tmp_path, SPEC, 1e-6, lambda _: None)
+    shrunk = LoraAdapter(SPEC, fitted.A, {k: 0.9 * b for k, b in fitted.B.items()})
+    other = certify_on_statistics(tmp_path, shrunk, 1e-6)
+    assert other["optimal_train_loss"] == pytest.approx(best["optimal_train_loss"], rel=1e-12)
+    assert other["optimal_val_loss"] == pytest.approx(best["optimal_val_loss"], rel=1e-12)
+    assert other["optimality_gap"] > 0.5 and other["val_loss"] > best["val_loss"]
 
 
 def test_a_gram_singular_to_its_float32_rounding_is_certified_at_a_larger_ridge(tmp_path):
