@@ -170,16 +170,18 @@ def train(name: str, spec: AdapterSpec, capture, dataset_dir: Path, base_model_p
 
 def fit_from_statistics(dataset_dir: Path, spec: AdapterSpec, ridge_rel: float, log) -> tuple[LoraAdapter, dict]:
     """The rank-r optimum of every module from a teacher-forced capture's per-layer statistics,
-    with its losses and its optimality certificate (`certify_on_statistics`)."""
+    with its losses and its optimality certificate (as `certify_on_statistics`), each layer's
+    file read once."""
     from ruv_resources.capture.fit import fit_layer
 
-    A, B = {}, {}
+    A, B, layers = {}, {}, []
     for layer in range(spec.num_layers):
-        for key, solution in fit_layer(load_layer_stats(dataset_dir, layer), spec, ridge_rel=ridge_rel).items():
+        stats = load_layer_stats(dataset_dir, layer)
+        for key, solution in fit_layer(stats, spec, ridge_rel=ridge_rel).items():
             A[key], B[key] = solution.A, solution.B
+        layers.append(_certify_layer(stats, A, B, spec, ridge_rel))
         log(f"solved layer {layer + 1}/{spec.num_layers}")
-    adapter = LoraAdapter(spec, A, B)
-    return adapter, certify_on_statistics(dataset_dir, adapter, ridge_rel)
+    return LoraAdapter(spec, A, B), _certificate_fields(layers)
 
 
 def certify_on_statistics(dataset_dir: Path, adapter: LoraAdapter, ridge_rel: float) -> dict:
@@ -189,27 +191,33 @@ def certify_on_statistics(dataset_dir: Path, adapter: LoraAdapter, ridge_rel: fl
     and certificate_ridge_rel: the largest ridge of any layer's optimum, each layer being
     certified at the smallest ridge its float32 Grams allow, at most `ridge_rel`."""
     spec = adapter.spec
-    certified, val_losses, certificate_ridge = [], [], 0.0
-    for layer in range(spec.num_layers):
-        stats = load_layer_stats(dataset_dir, layer)
-        keys = [f"layers.{layer}.{module}" for module in spec.targets]
-        factors = {key: (adapter.A[key], adapter.B[key], spec.scale) for key in keys}
-        train_st = {key: _module_stats(stats, "train", key) for key in keys}
-        val_st = {key: _module_stats(stats, "val", key) for key in keys}
-        for key, (a, b, scale) in factors.items():
-            v = val_st[key]
-            val_losses.append(loss_from_factors(v.G, v.C, v.rr, v.q_sum, a, b, scale, name=key))
-        cert, used = _certify(factors, train_st, val_st, ridge_rel)
-        certified.extend(cert.modules.values())
-        certificate_ridge = max(certificate_ridge, used)
+    return _certificate_fields([_certify_layer(load_layer_stats(dataset_dir, layer), adapter.A, adapter.B, spec, ridge_rel)
+                                for layer in range(spec.num_layers)])
+
+
+def _certify_layer(stats, A: dict, B: dict, spec: AdapterSpec, ridge_rel: float):
+    """`(module certificates, the factors' validation losses, ridge used)` of one layer."""
+    keys = [f"layers.{stats.layer}.{module}" for module in spec.targets]
+    factors = {key: (A[key], B[key], spec.scale) for key in keys}
+    train_st = {key: _module_stats(stats, "train", key) for key in keys}
+    val_st = {key: _module_stats(stats, "val", key) for key in keys}
+    val_losses = [loss_from_factors(v.G, v.C, v.rr, v.q_sum, A[key], B[key], spec.scale, name=key)
+                  for key, v in val_st.items()]
+    cert, used = _certify(factors, train_st, val_st, ridge_rel)
+    return list(cert.modules.values()), val_losses, used
+
+
+def _certificate_fields(layers: list) -> dict:
+    """Means over every module of every layer, as trained_adapter records them."""
+    certified = [m for modules, _, _ in layers for m in modules]
     train_loss = float(np.mean([m.train_loss for m in certified]))
     optimum = float(np.mean([m.optimal_train_loss for m in certified]))
     gap = relative_gap(train_loss, optimum)  # an optimum rounded to <= 0 (an exact teacher): no ratio
     return {
-        "train_loss": train_loss, "val_loss": float(np.mean(val_losses)), "optimal_train_loss": optimum,
-        "optimality_gap": gap if math.isfinite(gap) else None,
+        "train_loss": train_loss, "val_loss": float(np.mean([v for _, losses, _ in layers for v in losses])),
+        "optimal_train_loss": optimum, "optimality_gap": gap if math.isfinite(gap) else None,
         "optimal_val_loss": float(np.mean([m.optimal_val_loss for m in certified])),
-        "certificate_ridge_rel": certificate_ridge,
+        "certificate_ridge_rel": max(used for _, _, used in layers),
     }
 
 

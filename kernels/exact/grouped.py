@@ -28,6 +28,7 @@ from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.sparse.linalg import LinearOperator, cg
 
 from ruv_kernels.exact.errors import ExactSolveError
+from ruv_kernels.finite import is_finite
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _check(name, grams, crosses, rank, ridge_rel):
     for g, (G, C) in enumerate(zip(grams, crosses)):
         if np.shape(G) != (d, d) or np.ndim(C) != 2 or np.shape(C)[0] != d:
             raise ExactSolveError(name, f"group {g}: statistics shapes do not fit: G {np.shape(G)}, C {np.shape(C)}, inputs {d}")
-        if not (np.all(np.isfinite(G)) and np.all(np.isfinite(C))):
+        if not (is_finite(G) and is_finite(C)):
             raise ExactSolveError(name, f"group {g}: NaN or infinity in the statistics")
     K = sum(np.shape(C)[1] for C in crosses)
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(d, K):

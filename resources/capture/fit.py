@@ -147,10 +147,15 @@ def fit_sequential(base, teacher, windows: Windows, spec: AdapterSpec, *, ridge_
             X0 = as_rows(X_s[:, :1])
             accumulate_gram(G, X0, np.ones(X0.shape[0], np.float32))  # zero target: leave the sink alone
             n += X0.shape[0]
-        solution = solve_reduced_rank(G, C, spec.rank, spec.scale, ridge_rel=ridge_rel, rr=rr, q_sum=float(n), n=n, name=key)
+        apply(layer, module, solve_reduced_rank(G, C, spec.rank, spec.scale, ridge_rel=ridge_rel, rr=rr,
+                                                q_sum=float(n), n=n, name=key))
+
+    def apply(layer: int, module: str, solution):
+        """Keep a module's factors and add their delta to the student, so later fits see it."""
+        key = f"layers.{layer}.{module}"
         A[key], B[key] = solution.A, solution.B
-        delta = torch.from_numpy((spec.scale * (solution.B.astype(np.float64) @ solution.A.astype(np.float64))).astype(np.float32))
-        student.linear(layer, module).weight += delta
+        delta = spec.scale * (solution.B.astype(np.float64) @ solution.A.astype(np.float64))
+        student.linear(layer, module).weight += torch.from_numpy(delta.astype(np.float32))
 
     def fit_v(layer: int, h_s, x_s, h_t_mid):
         """v_proj through attention: the attention output should close the residual gap."""
@@ -162,10 +167,7 @@ def fit_sequential(base, teacher, windows: Windows, spec: AdapterSpec, *, ridge_
         target = output_target(gap, student.linear(layer, "o_proj").weight, V_OUTPUT_MU)
         probs, rep, head_dim = attention_probs(student.model.model.layers[layer], x_s, rope_s)
         grams, crosses = grouped_statistics(probs, x_s, target, sc, rep, head_dim, V_SINK_WEIGHT if sink else 0.0)
-        solution = solve_grouped_reduced_rank(grams, crosses, spec.rank, spec.scale, ridge_rel=ridge_rel, name=key)
-        A[key], B[key] = solution.A, solution.B
-        delta = spec.scale * (solution.B.astype(np.float64) @ solution.A.astype(np.float64))
-        student.linear(layer, "v_proj").weight += torch.from_numpy(delta.astype(np.float32))
+        apply(layer, "v_proj", solve_grouped_reduced_rank(grams, crosses, spec.rank, spec.scale, ridge_rel=ridge_rel, name=key))
 
     with torch.no_grad():
         h_t = t_run.embed(windows.teacher[idx])

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
+MLP_INPUTS = ("gate_proj", "up_proj")
 
 
 def as_rows(t) -> np.ndarray:
     """A torch activation [B, L, d] as float32 rows [B*L, d] (a view where possible)."""
     return np.ascontiguousarray(t.detach().reshape(-1, t.shape[-1]).numpy(), dtype=np.float32)
-MLP_INPUTS = ("gate_proj", "up_proj")
 
 
 @dataclass
