@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ruv_kernels.adapter import AdapterSpec, LoraAdapter  # noqa: E402
-from ruv_assets.captured import certify_on_statistics, fit_from_statistics  # noqa: E402
+from ruv_assets.realmodel.captured import certify_on_statistics, fit_from_statistics  # noqa: E402
 from ruv_resources.capture.files import save_layer_stats  # noqa: E402
 from ruv_resources.capture.fit import capture_statistics  # noqa: E402
 from ruv_resources.capture.judge import judge_adapter  # noqa: E402
@@ -42,7 +42,7 @@ RIDGE_REL = 1e-6  # the teacher-forced default
 
 
 def smol() -> str:
-    from ruv_assets.demo_model import smollm2_gguf
+    from ruv_assets.realmodel.demo_model import smollm2_gguf
 
     path = smollm2_gguf()
     if path is None:

@@ -79,7 +79,7 @@ def embedded(root: Path, catalogue_path: Path) -> dict:
     os.environ.update(DAGSTER_HOME=str(home), RUV_HOME=str(root / "ruv"), RUV_CATALOGUE=str(catalogue_path))
     from dagster import DagsterInstance
 
-    from ruv_assets.build_all import build_all
+    from ruv_assets.orchestration.build_all import build_all
 
     started = time.perf_counter()
     with DagsterInstance.get() as instance:

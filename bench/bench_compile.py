@@ -52,7 +52,7 @@ def main() -> None:
     def build() -> float:
         from dagster import DagsterInstance
 
-        from ruv_assets.build_all import build_all
+        from ruv_assets.orchestration.build_all import build_all
 
         started = time.perf_counter()
         with DagsterInstance.get() as instance:

@@ -8,7 +8,7 @@ Old task: the preset's synthetic dataset as `synthetic_dataset` generates it (se
 geometry). The old checkpoint is the default SGD run on the old task (its EWC++ Fisher and its
 training Gram are what each method penalises against); both methods start from it. For each
 lambda: EWC++ = default SGD training on the new task with `EwcState(old checkpoint, Fisher)` and
-`ewc_lambda = lambda`; exact = `ruv_assets.optimum.exact_fit(..., old=(D_old, G_old), lam)`.
+`ewc_lambda = lambda`; exact = `ruv_assets.judging.optimum.exact_fit(..., old=(D_old, G_old), lam)`.
 Each point is (new-task validation loss, old-task validation loss), both on held-out rows.
 Writes docs/consolidation-sweep.png and prints the table.
 """
@@ -32,11 +32,11 @@ from ruv_kernels.synthetic import generate_task  # noqa: E402
 from ruv_kernels.train import EwcState, train  # noqa: E402
 from ruv_assets import optimum  # noqa: E402
 from ruv_assets.assets.dataset import synthetic_to_dataset  # noqa: E402
-from ruv_assets.catalogue import current_catalogue, current_geometry  # noqa: E402
-from ruv_assets.evaluation import problems_for, validation_loss  # noqa: E402
-from ruv_assets.plots import tradeoff_png  # noqa: E402
-from ruv_assets.preset_seed import stable_seed  # noqa: E402
-from ruv_assets.training_config import TrainingConfig  # noqa: E402
+from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry  # noqa: E402
+from ruv_assets.judging.evaluation import problems_for, validation_loss  # noqa: E402
+from ruv_assets.judging.plots import tradeoff_png  # noqa: E402
+from ruv_assets.catalogue.preset_seed import stable_seed  # noqa: E402
+from ruv_assets.catalogue.training_config import TrainingConfig  # noqa: E402
 
 PRESET = os.environ.get("BENCH_PRESET", "reviewer")
 EWC_LAMS = [0.0, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5]

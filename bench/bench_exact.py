@@ -23,7 +23,7 @@
 4. `asset`: the same comparison through `trained_adapter`'s own entry points, on the datasets the
    asset generates (catalogue presets, seed `stable_seed(name)`, the PEFT-initialised preset as
    SGD's start): SGD = `problems_for` + `kernels.train.train(TrainingConfig(dropout=p).settings())`;
-   exact = `ruv_assets.optimum.statistics` + `exact_fit` (default ridge_rel, select_rank,
+   exact = `ruv_assets.judging.optimum.statistics` + `exact_fit` (default ridge_rel, select_rank,
    statistics_precision). Each
    with dropout 0 (the default) and with the preset's lora_dropout; every checkpoint
    certified (`optimum.certify`) as the asset does (dropout: `use_lora_dropout: true`). Prints wall time, ratio, val/floor, the
@@ -144,7 +144,7 @@ def bench_solve() -> None:
           f"three separate {np.median(t['separate']):.4f} s")
 
 
-PRESETS = {  # rank, alpha, targets, as ruv_assets.presets declares them
+PRESETS = {  # rank, alpha, targets, as ruv_assets.catalogue.presets declares them
     "coder": (16, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj"]),
     "researcher": (8, 16.0, ["q_proj", "k_proj", "v_proj"]),
     "security": (16, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
@@ -227,12 +227,12 @@ def bench_presets() -> None:
 def bench_asset() -> None:
     from ruv_kernels.adapter import LoraAdapter
     from ruv_kernels.train import train
-    from ruv_assets import optimum
+    from ruv_assets.judging import optimum
     from ruv_assets.assets.dataset import synthetic_to_dataset
-    from ruv_assets.catalogue import current_catalogue, current_geometry
-    from ruv_assets.evaluation import problems_for, validation_loss
-    from ruv_assets.preset_seed import stable_seed
-    from ruv_assets.training_config import TrainingConfig
+    from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
+    from ruv_assets.judging.evaluation import problems_for, validation_loss
+    from ruv_assets.catalogue.preset_seed import stable_seed
+    from ruv_assets.catalogue.training_config import TrainingConfig
     from ruv_kernels.synthetic import generate_task
 
     geo = current_geometry()

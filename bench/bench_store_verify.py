@@ -32,7 +32,7 @@ def main() -> int:
     from ruv_resources.peft_format import load_adapter, save_adapter
     from ruv_resources.store import ArtifactStore, hash_directory
     from ruv_assets.assets.dataset import synthetic_to_dataset
-    from ruv_assets.catalogue import current_catalogue, current_geometry
+    from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
     from ruv_kernels.synthetic import generate_task
     from ruv_resources.dataset_format import save_dataset
 

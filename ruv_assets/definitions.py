@@ -15,11 +15,11 @@ from ruv_assets.assets.merged import merged_adapter
 from ruv_assets.assets.preset import preset_adapter
 from ruv_assets.assets.served import served_adapter
 from ruv_assets.assets.trained import trained_adapter
-from ruv_assets.build_sensors import catalogue_sensor, merge_sensor
-from ruv_assets.jobs import merge_job, promote_job, train_job
-from ruv_assets.resources import GeometryResource
-from ruv_assets.schedules import retrain_schedule
-from ruv_assets.sensors import promotion_sensor
+from ruv_assets.orchestration.build_sensors import catalogue_sensor, merge_sensor
+from ruv_assets.orchestration.jobs import merge_job, promote_job, train_job
+from ruv_assets.catalogue.geometry import GeometryResource
+from ruv_assets.orchestration.schedules import retrain_schedule
+from ruv_assets.orchestration.promotion_sensor import promotion_sensor
 
 defs = Definitions(
     assets=[adapter_entry, composite_entry, base_model, capture_teacher, capture_corpus, preset_adapter, synthetic_dataset,

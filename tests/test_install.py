@@ -104,7 +104,7 @@ def test_wheel_holds_every_source_file_under_the_installed_names(wheel):
     for folder, name in FOLDERS.items():
         for source in (REPO / folder).rglob("*.py"):
             assert f"{name}/{source.relative_to(REPO / folder).as_posix()}" in recorded
-    assert "ruv_assets/catalogue.yaml" in recorded
+    assert "ruv_assets/catalogue/catalogue.yaml" in recorded
 
 
 # Run by the fresh venv's interpreter from a directory outside the repository.

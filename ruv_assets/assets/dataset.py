@@ -9,12 +9,12 @@ from ruv_kernels.synthetic import generate_task
 from ruv_resources.dagster_resources import StoreResource
 from ruv_resources.dataset_format import Dataset, check_dataset, load_user_folder, save_dataset
 from ruv_resources.store import StoredObject
-from ruv_assets import versions
-from ruv_assets.partitions import adapter_partitions
-from ruv_assets.preset_seed import stable_seed
-from ruv_assets.catalogue import current_catalogue, current_geometry
-from ruv_assets.resources import GeometryResource
-from ruv_assets.worker import where_it_ran
+from ruv_assets.catalogue import versions
+from ruv_assets.catalogue.partitions import adapter_partitions
+from ruv_assets.catalogue.preset_seed import stable_seed
+from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
+from ruv_assets.catalogue.geometry import GeometryResource
+from ruv_assets.orchestration.worker import where_it_ran
 
 
 class DatasetConfig(Config):
@@ -82,7 +82,7 @@ def synthetic_dataset(context: AssetExecutionContext, config: DatasetConfig, sto
 
 def _captured(context, name, adapter, store) -> Output[StoredObject]:
     """Token windows and (teacher-forced) per-layer statistics from the base model and the teacher."""
-    from ruv_assets import captured
+    from ruv_assets.realmodel import captured
 
     base_model = current_catalogue().base_model
     meta = {}

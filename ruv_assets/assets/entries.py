@@ -7,8 +7,8 @@ import json
 
 from dagster import DataVersion, DataVersionsByPartition, observable_source_asset
 
-from ruv_assets.catalogue import current_catalogue, current_geometry
-from ruv_assets.partitions import adapter_partitions, composite_partitions
+from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
+from ruv_assets.catalogue.partitions import adapter_partitions, composite_partitions
 
 
 def entry_version(entry, geometry) -> str:

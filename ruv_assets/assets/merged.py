@@ -20,15 +20,15 @@ from ruv_resources.dagster_resources import StoreResource
 from ruv_resources.dataset_format import load_dataset
 from ruv_resources.errors import StoreError
 from ruv_resources.peft_format import load_adapter, save_adapter
-from ruv_assets import versions
-from ruv_assets.composite import merge_sources, merged_adapter_from
-from ruv_assets.config import AdapterMetadata
-from ruv_assets.evaluation import problems_for, validation_loss, zero_validation_loss
-from ruv_assets.partitions import composite_partitions
-from ruv_assets.plots import markdown_table
-from ruv_assets.catalogue import current_catalogue
-from ruv_assets.resources import GeometryResource
-from ruv_assets.worker import where_it_ran
+from ruv_assets.catalogue import versions
+from ruv_assets.judging.composite import merge_sources, merged_adapter_from
+from ruv_assets.catalogue.config import AdapterMetadata
+from ruv_assets.judging.evaluation import problems_for, validation_loss, zero_validation_loss
+from ruv_assets.catalogue.partitions import composite_partitions
+from ruv_assets.judging.plots import markdown_table
+from ruv_assets.catalogue.catalogue import current_catalogue
+from ruv_assets.catalogue.geometry import GeometryResource
+from ruv_assets.orchestration.worker import where_it_ran
 
 CHECKS = [
     AssetCheckSpec("weights_finite", asset="merged_adapter", blocking=True, description="every A and B value is finite"),
@@ -133,7 +133,7 @@ def _captured_retention(context, source_name, entry, item, merged, dataset_obj) 
     """A captured source's task on the merge, judged on the model: KL to its teacher on its held-out
     text with the merge loaded by PEFT, against its own adapter's (recorded when it was trained) and
     the base model's. Retention is the share of the source's own KL reduction the merge keeps."""
-    from ruv_assets import captured
+    from ruv_assets.realmodel import captured
 
     scores = captured.judge(source_name, entry.capture, dataset_obj.path, merged, current_catalogue().base_model, context.log.info)
     own = item.metadata.get("custom", {})

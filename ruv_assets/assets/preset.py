@@ -10,13 +10,13 @@ from ruv_kernels.adapter import LoraAdapter
 from ruv_resources.dagster_resources import StoreResource
 from ruv_resources.peft_format import save_adapter
 from ruv_resources.store import StoredObject
-from ruv_assets import versions
-from ruv_assets.config import AdapterMetadata
-from ruv_assets.partitions import adapter_partitions
-from ruv_assets.preset_seed import stable_seed
-from ruv_assets.catalogue import current_catalogue
-from ruv_assets.resources import GeometryResource
-from ruv_assets.worker import where_it_ran
+from ruv_assets.catalogue import versions
+from ruv_assets.catalogue.config import AdapterMetadata
+from ruv_assets.catalogue.partitions import adapter_partitions
+from ruv_assets.catalogue.preset_seed import stable_seed
+from ruv_assets.catalogue.catalogue import current_catalogue
+from ruv_assets.catalogue.geometry import GeometryResource
+from ruv_assets.orchestration.worker import where_it_ran
 
 
 @asset(

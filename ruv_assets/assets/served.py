@@ -7,10 +7,10 @@ from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetRecordsFilte
 from pydantic import Field
 
 from ruv_resources.dagster_resources import SlotsResource, StoreResource
-from ruv_assets import versions
-from ruv_assets.partitions import slot_partitions, source_of
-from ruv_assets.resources import GeometryResource
-from ruv_assets.worker import where_it_ran
+from ruv_assets.catalogue import versions
+from ruv_assets.catalogue.partitions import slot_partitions, source_of
+from ruv_assets.catalogue.geometry import GeometryResource
+from ruv_assets.orchestration.worker import where_it_ran
 
 
 class PromotionConfig(Config):

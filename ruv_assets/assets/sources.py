@@ -8,8 +8,8 @@ import hashlib
 from dagster import DataVersion, DataVersionsByPartition, observable_source_asset
 
 from ruv_resources.base_model import content_hash
-from ruv_assets.catalogue import current_catalogue
-from ruv_assets.partitions import adapter_partitions
+from ruv_assets.catalogue.catalogue import current_catalogue
+from ruv_assets.catalogue.partitions import adapter_partitions
 
 NONE = "none"
 

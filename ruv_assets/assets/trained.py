@@ -1,7 +1,7 @@
 """`trained_adapter`: the best checkpoint of a quality-weighted training run on the task dataset.
 
 `solver: sgd` (default) runs the optimiser family of kernels.train; `solver: exact` solves each
-module in closed form from the dataset's statistics (ruv_assets.optimum). Either way the stored
+module in closed form from the dataset's statistics (ruv_assets.judging.optimum). Either way the stored
 checkpoint carries its optimality certificate (optimal_train_loss, optimality_gap,
 optimal_val_loss). Retraining starts from the partition's last trained version when its shapes
 still fit, with EWC++ anchored there (its Fisher is stored beside the weights) or, with
@@ -36,15 +36,16 @@ from ruv_resources.errors import StoreError
 from ruv_resources.ewc_format import load_ewc_state, load_gram_state, save_ewc_state, save_gram_state
 from ruv_resources.peft_format import load_adapter, save_adapter
 from ruv_resources.store import StoredObject
-from ruv_assets import optimum, versions
-from ruv_assets.config import AdapterMetadata
-from ruv_assets.evaluation import delta_rel_error, problems_for, validation_loss, zero_validation_loss
-from ruv_assets.partitions import adapter_partitions
-from ruv_assets.plots import loss_curve_png, markdown_image, markdown_table, tradeoff_png
-from ruv_assets.catalogue import current_catalogue
-from ruv_assets.resources import GeometryResource
-from ruv_assets.worker import where_it_ran
-from ruv_assets.training_config import TrainingConfig
+from ruv_assets.judging import optimum
+from ruv_assets.catalogue import versions
+from ruv_assets.catalogue.config import AdapterMetadata
+from ruv_assets.judging.evaluation import delta_rel_error, problems_for, validation_loss, zero_validation_loss
+from ruv_assets.catalogue.partitions import adapter_partitions
+from ruv_assets.judging.plots import loss_curve_png, markdown_image, markdown_table, tradeoff_png
+from ruv_assets.catalogue.catalogue import current_catalogue
+from ruv_assets.catalogue.geometry import GeometryResource
+from ruv_assets.orchestration.worker import where_it_ran
+from ruv_assets.catalogue.training_config import TrainingConfig
 
 HISTORY_NAME = "history.json"
 NOISE_FLOOR_TOLERANCE = 0.25  # promotion gate: val loss at most 25% above the noise floor
@@ -262,7 +263,7 @@ def trained_adapter(
 
 def _train_captured(context, name, entry, spec, store, dataset: StoredObject):
     """Fit on captured data, store the adapter, judge it on the base model with PEFT, gate on it."""
-    from ruv_assets import captured
+    from ruv_assets.realmodel import captured
 
     base_model = current_catalogue().base_model
     adapter, fit = captured.train(name, spec, entry.capture, dataset.path, base_model, context.log.info)

@@ -67,7 +67,7 @@ def build_started(instance) -> float:
     summary then counts the whole build, not only what follows this command."""
     from dagster import RunsFilter
 
-    from ruv_assets.build_sensors import IN_FLIGHT
+    from ruv_assets.orchestration.build_sensors import IN_FLIGHT
 
     going = instance.get_run_records(filters=RunsFilter(statuses=IN_FLIGHT))
     return min([time.time()] + [r.create_timestamp.timestamp() - 1 for r in going])
@@ -113,7 +113,7 @@ def latest_runs(instance, job: str) -> dict[str, object]:
 
 def outstanding(instance, catalogue, store) -> tuple[list[str], list[object]]:
     """What is not built yet (one line each), and the runs whose failure left it so."""
-    from ruv_assets.build_sensors import ENTRY_TAG, INPUTS_TAG, merge_key, train_key
+    from ruv_assets.orchestration.build_sensors import ENTRY_TAG, INPUTS_TAG, merge_key, train_key
     from ruv_resources.errors import StoreError
     from ruv_resources.slot import Slot, slots_root
 
@@ -159,8 +159,8 @@ def wait_for_build(instance, *, webserver: tuple[str, int], timeout: float, retr
     from dagster import RunsFilter
     from dagster_graphql import DagsterGraphQLClient
 
-    from ruv_assets.build_sensors import IN_FLIGHT
-    from ruv_assets.catalogue import current_catalogue
+    from ruv_assets.orchestration.build_sensors import IN_FLIGHT
+    from ruv_assets.catalogue.catalogue import current_catalogue
     from ruv_resources.store import ArtifactStore
 
     client = DagsterGraphQLClient(webserver[0], port_number=webserver[1])

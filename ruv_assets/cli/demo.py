@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 
 def smollm2_path() -> str:
-    from ruv_assets.demo_model import smollm2_gguf
+    from ruv_assets.realmodel.demo_model import smollm2_gguf
 
     path = smollm2_gguf()
     if path is None:

@@ -17,7 +17,7 @@ from ruv_resources.errors import AdapterFormatError
 from ruv_resources.peft_format import load_adapter, save_adapter
 from ruv_resources.store import fsync_dir, fsync_tree, publishable_mode
 from ruv_assets.cli import UserError
-from ruv_assets.composite import merge_sources, merged_adapter_from
+from ruv_assets.judging.composite import merge_sources, merged_adapter_from
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ruv_assets.catalogue import current_catalogue, current_geometry
+from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
 
 
 def register(subparsers) -> None:

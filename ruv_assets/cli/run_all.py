@@ -21,9 +21,9 @@ def run(args) -> int:
 
     from dagster import DagsterInstance
 
-    from ruv_assets.build_all import build_all, sync_catalogue
-    from ruv_assets.build_sensors import describe
-    from ruv_assets.catalogue import current_catalogue
+    from ruv_assets.orchestration.build_all import build_all, sync_catalogue
+    from ruv_assets.orchestration.build_sensors import describe
+    from ruv_assets.catalogue.catalogue import current_catalogue
 
     catalogue = current_catalogue()
     for kind, names, known in (("adapter", args.adapter, catalogue.adapter_names), ("composite", args.composite, catalogue.composite_names)):

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def smol_gguf() -> str:
-    from ruv_assets.demo_model import smollm2_gguf
+    from ruv_assets.realmodel.demo_model import smollm2_gguf
 
     path = smollm2_gguf()
     if path is None:
@@ -28,7 +28,7 @@ def smol_path() -> str:
 @pytest.fixture(scope="session")
 def smol(smol_path):
     from ruv_resources.base_model import content_hash
-    from ruv_assets.captured import cached_model
+    from ruv_assets.realmodel.captured import cached_model
 
     return cached_model(smol_path, content_hash(smol_path))
 

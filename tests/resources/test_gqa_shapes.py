@@ -14,7 +14,7 @@ from ruv_resources.peft_format import WEIGHTS_NAME, load_adapter, peft_key, save
 from ruv_resources.slot import Slot
 from ruv_resources.slot_reader import SlotReader
 from ruv_assets.cli import main
-from ruv_assets.config import ModelGeometry
+from ruv_assets.catalogue.config import ModelGeometry
 from tests.conftest import random_adapter
 
 # SmolLM2-135M's attention at a tenth of its width: 9 heads of 4, 3 kv heads
@@ -32,7 +32,7 @@ def peft_style(spec, directory, seed=0):
 def test_geometry_with_heads():
     geo = ModelGeometry(hidden_size=576, intermediate_size=1536, num_layers=30, num_attention_heads=9, num_key_value_heads=3)
     assert (geo.q_size, geo.kv_size) == (576, 192)
-    spec = __import__("ruv_assets.presets", fromlist=["PRESETS"]).PRESETS[0].spec(geo)
+    spec = __import__("ruv_assets.catalogue.presets", fromlist=["PRESETS"]).PRESETS[0].spec(geo)
     assert spec.shape_of("layers.0.k_proj") == (576, 192) and spec.shape_of("layers.0.o_proj") == (576, 576)
     with pytest.raises(ValueError, match="not a multiple of num_key_value_heads"):
         ModelGeometry(num_attention_heads=8, num_key_value_heads=3)

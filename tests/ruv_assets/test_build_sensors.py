@@ -10,10 +10,10 @@ from dagster import AssetKey, build_sensor_context, instance_for_test
 
 from ruv_resources.dagster_resources import StoreResource
 from ruv_resources.store import ArtifactStore
-from ruv_assets.build_all import build_all, sync_catalogue
-from ruv_assets.build_sensors import ENTRY_TAG, catalogue_sensor, merge_sensor, train_key
+from ruv_assets.orchestration.build_all import build_all, sync_catalogue
+from ruv_assets.orchestration.build_sensors import ENTRY_TAG, catalogue_sensor, merge_sensor, train_key
 from ruv_assets.definitions import defs
-from ruv_assets.sensors import SLOT_TAG, promotion_sensor
+from ruv_assets.orchestration.promotion_sensor import SLOT_TAG, promotion_sensor
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 warnings.filterwarnings("ignore", category=Warning, module="dagster")

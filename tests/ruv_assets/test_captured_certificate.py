@@ -9,7 +9,7 @@ from ruv_kernels.adapter import AdapterSpec
 from ruv_kernels.exact import ExactSolveError
 from ruv_resources.capture.files import save_layer_stats
 from ruv_resources.capture.fit import LayerStats
-from ruv_assets.captured import certify_on_statistics, fit_from_statistics
+from ruv_assets.realmodel.captured import certify_on_statistics, fit_from_statistics
 
 SPEC = AdapterSpec(rank=2, alpha=4.0, targets=("q_proj", "v_proj"), hidden_size=16, intermediate_size=24, num_layers=2)
 

@@ -3,7 +3,7 @@ teacher, and every bad entry refused at load with the entry and the reason."""
 
 import pytest
 
-from ruv_assets.catalogue import CatalogueError, load_catalogue
+from ruv_assets.catalogue.catalogue import CatalogueError, load_catalogue
 from tests.resources.test_base_model import gguf_file
 
 SMOL = {"general.architecture": "llama", "llama.embedding_length": 576, "llama.feed_forward_length": 1536,

@@ -6,9 +6,9 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from ruv_assets.catalogue import CatalogueError, load_catalogue
-from ruv_assets.config import AdapterMetadata, LoraConfig, ModelGeometry
-from ruv_assets.presets import PRESETS
+from ruv_assets.catalogue.catalogue import CatalogueError, load_catalogue
+from ruv_assets.catalogue.config import AdapterMetadata, LoraConfig, ModelGeometry
+from ruv_assets.catalogue.presets import PRESETS
 
 EXPECTED = {
     "coder": (16, 32.0, 0.05, ("q_proj", "k_proj", "v_proj", "o_proj"), ("code-gen", "refactoring", "syntax")),

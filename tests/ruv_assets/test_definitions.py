@@ -36,7 +36,7 @@ def test_everything_is_defined():
 
 def test_resources_follow_environment_at_use(monkeypatch, tmp_path):
     from ruv_resources.dagster_resources import SlotsResource, StoreResource
-    from ruv_assets.resources import GeometryResource
+    from ruv_assets.catalogue.geometry import GeometryResource
 
     monkeypatch.setenv("RUV_HOME", str(tmp_path / "h"))
     monkeypatch.setenv("RUV_NUM_LAYERS", "3")

@@ -15,15 +15,15 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver
 from dagster._core.loader import LoadingContextForTest
 from safetensors.numpy import save_file
 
-import ruv_assets.catalogue as catalogue_module
+import ruv_assets.catalogue.catalogue as catalogue_module
 from ruv_resources.peft_format import load_adapter
 from ruv_resources.slot import Slot, slots_root
 from ruv_resources.slot_reader import SlotReader
 from ruv_resources.store import ArtifactStore
-from ruv_assets.build_all import build_all, observe_catalogue
+from ruv_assets.orchestration.build_all import build_all, observe_catalogue
 from ruv_assets.definitions import defs
-from ruv_assets.schedules import retrain_schedule
-from ruv_assets.sensors import checks_passed, promotion_sensor
+from ruv_assets.orchestration.schedules import retrain_schedule
+from ruv_assets.orchestration.promotion_sensor import checks_passed, promotion_sensor
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 warnings.filterwarnings("ignore", category=Warning, module="dagster")

@@ -8,7 +8,7 @@ from ruv_resources.dagster_resources import StoreIOManager, StoreResource
 from ruv_resources.peft_format import load_adapter
 from ruv_resources.store import hash_directory
 from ruv_assets.assets.preset import preset_adapter
-from ruv_assets.resources import GeometryResource
+from ruv_assets.catalogue.geometry import GeometryResource
 
 
 def run(root, partition):

@@ -15,7 +15,7 @@ from ruv_resources.store import ArtifactStore
 from ruv_assets.assets.dataset import synthetic_dataset
 from ruv_assets.assets.preset import preset_adapter
 from ruv_assets.assets.trained import trained_adapter
-from ruv_assets.resources import GeometryResource
+from ruv_assets.catalogue.geometry import GeometryResource
 
 NAME = "reviewer"  # rank 8, q_proj and v_proj, lora_dropout 0.1
 
@@ -139,7 +139,7 @@ def test_exact_solver_on_a_user_folder(tmp_path):
     """Your own X/R files: the exact solver recovers the low-rank map behind them."""
     from safetensors.numpy import save_file
 
-    from ruv_assets.catalogue import current_catalogue, current_geometry
+    from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
 
     spec = current_catalogue().adapter(NAME).spec(current_geometry(hidden_size=64, intermediate_size=96, num_layers=1))
     folder = tmp_path / "user"

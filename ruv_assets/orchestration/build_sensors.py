@@ -38,9 +38,9 @@ from ruv_resources.dagster_resources import StoreResource
 from ruv_resources.errors import StoreError
 from ruv_resources.store import ArtifactStore
 from ruv_assets.assets.entries import entry_version
-from ruv_assets.catalogue import current_catalogue, current_geometry
-from ruv_assets.jobs import merge_job, train_job
-from ruv_assets.partitions import wanted_partitions
+from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
+from ruv_assets.orchestration.jobs import merge_job, train_job
+from ruv_assets.catalogue.partitions import wanted_partitions
 
 ENTRY_TAG, INPUTS_TAG, PARTITION_TAG = "ruv/entry", "ruv/inputs", "dagster/partition"
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,

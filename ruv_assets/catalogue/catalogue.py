@@ -16,8 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ruv_assets.config import AdapterName, LoraConfig, ModelGeometry
-from ruv_assets.presets import PRESETS
+from ruv_assets.catalogue.config import AdapterName, LoraConfig, ModelGeometry
+from ruv_assets.catalogue.presets import PRESETS
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.yaml")
 MergeMethod = Literal["average", "weighted", "task_arithmetic", "slerp", "ties", "dare", "magnitude_prune", "prune_merged"]

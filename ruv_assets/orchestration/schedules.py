@@ -2,8 +2,8 @@
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, schedule
 
-from ruv_assets.jobs import train_job
-from ruv_assets.catalogue import current_catalogue
+from ruv_assets.orchestration.jobs import train_job
+from ruv_assets.catalogue.catalogue import current_catalogue
 
 
 @schedule(

@@ -35,7 +35,7 @@ class BuildReport:
 def sync_catalogue(instance: DagsterInstance):
     """Evaluate `catalogue_sensor` and apply its partition requests and observations; returns the
     evaluation (its run requests are left to the caller)."""
-    from ruv_assets.build_sensors import apply_partition_requests, catalogue_sensor
+    from ruv_assets.orchestration.build_sensors import apply_partition_requests, catalogue_sensor
     from ruv_assets.definitions import defs
 
     evaluation = catalogue_sensor(build_sensor_context(instance=instance, definitions=defs, sensor_name="catalogue_sensor"))
@@ -47,7 +47,7 @@ def sync_catalogue(instance: DagsterInstance):
 
 def observe_catalogue(instance: DagsterInstance) -> None:
     """Record every catalogue entry's current version (an observation per partition)."""
-    from ruv_assets.build_sensors import entry_observations
+    from ruv_assets.orchestration.build_sensors import entry_observations
 
     for event in entry_observations().values():
         instance.report_runless_asset_event(event)
@@ -55,10 +55,10 @@ def observe_catalogue(instance: DagsterInstance) -> None:
 
 def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, composites: list[str] | None = None,
               log: Callable[[str], None] = print) -> BuildReport:
-    from ruv_assets.build_sensors import ENTRY_TAG, INPUTS_TAG, describe, merge_key, train_key
-    from ruv_assets.catalogue import current_catalogue
+    from ruv_assets.orchestration.build_sensors import ENTRY_TAG, INPUTS_TAG, describe, merge_key, train_key
+    from ruv_assets.catalogue.catalogue import current_catalogue
     from ruv_assets.definitions import defs
-    from ruv_assets.sensors import promotion_sensor
+    from ruv_assets.orchestration.promotion_sensor import promotion_sensor
 
     catalogue = current_catalogue()
     store = ArtifactStore(defs.resources["store"].root or None)

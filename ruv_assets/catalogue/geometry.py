@@ -5,8 +5,8 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ruv_assets.catalogue import current_geometry
-from ruv_assets.config import ModelGeometry
+from ruv_assets.catalogue.catalogue import current_geometry
+from ruv_assets.catalogue.config import ModelGeometry
 
 
 class GeometryResource(ConfigurableResource):

@@ -7,7 +7,7 @@ catalogue file; removed entries stop being built, and their history stays.
 
 from dagster import DynamicPartitionsDefinition
 
-from ruv_assets.catalogue import current_catalogue
+from ruv_assets.catalogue.catalogue import current_catalogue
 
 ADAPTERS, COMPOSITES, SLOTS = "adapters", "composites", "slots"
 adapter_partitions = DynamicPartitionsDefinition(name=ADAPTERS)

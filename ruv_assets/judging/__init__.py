@@ -1,0 +1,1 @@
+"""Judging: evaluation on the datasets, the exact optimum and certificate, plots, composite assembly."""

@@ -1,0 +1,1 @@
+"""Orchestration: jobs, the schedule, the sensors and the daemon-less build."""
