@@ -4,7 +4,7 @@ One step = forward + backward of the quality-weighted MSE over all four modules 
 measured in the same run for:
 
 - numba: ruv_kernels.train's `steps.run_steps`, the loop `train` runs: per minibatch the fused gradient
-  kernel over all four modules (`gradients.grad_step`) and the fused Adam update, reading the
+  kernel over all four modules (`gradients.grad_by_module`) and the fused Adam update, reading the
   minibatch rows in place from the training arrays; timed 16 steps per call, reported per step;
 - torch: the same step written the ordinary way (autograd over `s * (x @ A.T) @ B.T - r`,
   `torch.optim.Adam`), on minibatches already sliced into contiguous tensors (gathering is not
@@ -72,7 +72,7 @@ def main() -> None:
         """Exactly what ruv_kernels.train.train runs for float32 data: `run_steps` over minibatches
         (per step: the fused gradient kernel for all modules, then the fused Adam update)."""
         out = run_steps(mods, ws.scratch, ws.layout, ws.state, hyper, gather, order, b_from, b_to, bs, q, lrs,
-                        state["step"])
+                        state["step"], ws.by_rows)
         state["step"] = out[0]
         return out[1]
 

@@ -13,20 +13,21 @@ validation row, weighted by its quality, so it is comparable with the synthetic 
 One optimisation step (the whole inner loop over an epoch's minibatches runs inside Numba,
 `steps.run_steps`, without returning to Python):
 
-1. `gradients.grad_step` (one fused kernel for every module) computes `h = A x`, `B^T r`, the loss, and the
+1. `gradients.grad_by_module` or `grad_by_rows` (one fused kernel for every module) computes `h = A x`, `B^T r`, the loss, and the
    gradients of `L` w.r.t. A and B into preallocated buffers. It uses
    `||s B h - r||^2 = s^2 h^T (B^T B) h - 2 s h.(B^T r) + ||r||^2`, so it never forms the
    `[batch, out]` residual: four thin products (X A^T, R B, R^T (w H), G_h^T X) instead of five,
    each over four examples x two to four rank rows per inner loop. Work is split by module when
    the modules divide evenly over the threads (q/k/v/o on 2 threads: one fork-join per step, no
-   partial sums), else by rows (per-thread partials, then a parallel reduction). It returns the
+   partial sums), else by rows (per-thread partials, then a parallel reduction); `run_steps` calls
+   the one the workspace chose, and only that one is compiled. It returns the
    squared norm of the full gradient (data + EWC penalty);
 2. global gradient-norm clipping over all modules, like `torch.nn.utils.clip_grad_norm_`
    (`coef = min(1, max_norm / (norm + 1e-6))`);
 3. the optimiser step (`optimizer.update_range`, fused per parameter block): online Fisher update, EWC
    penalty gradient, the clip, then AdamW (decoupled decay) / Adam (L2 in the gradient) / SGD
    (optional momentum), with LoRA+ (`lr_B = lr * loraplus_ratio`). Without clipping and with the
-   by-module split, each thread applies it to its own modules inside `grad_step`.
+   by-module split, each thread applies it to its own modules inside `grad_by_module`.
 
 EWC++: the penalty `lambda/2 * sum F* (w - w*)^2` uses the anchor weights `w*` and Fisher `F*`
 given in `EwcState` (fixed during the run). The online Fisher `F <- d F + (1 - d) g^2` is estimated
@@ -56,7 +57,7 @@ One job per file:
     results      ModuleProblem, EwcState, TrainResult
     problems     build_problems, the input checks, storage dtypes
     micro        the unrolled dot/axpy micro-kernels
-    gradients    the fused gradient kernel (grad_step)
+    gradients    the fused gradient kernels, one per schedule (grad_by_module, grad_by_rows)
     optimizer    the fused optimiser step (update_range, update)
     steps        the step loop (run_steps), shuffling, the float16 gather
     evaluation   losses of given weights, the zero baseline, module_gradients

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ruv_kernels.fastmath import FASTMATH
-from ruv_kernels.train.gradients import grad_step
+from ruv_kernels.train.gradients import grad_by_rows
 from ruv_kernels.train.micro import dot1
 from ruv_kernels.train.problems import check_problems, prepare
 from ruv_kernels.train.results import ModuleProblem
@@ -167,7 +167,7 @@ def module_gradients(X, R, q, A, B, scale: float, n_modules: int = 1):
     qsum = float(np.sum(q, dtype=np.float64))
     hyper = Hyper(0, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 0.0, 0.0)  # lam 0: no EWC term; no update (fuse off)
     # the loss is L's share: coef 1 / (n_modules * sum q * out)
-    loss, _, _ = grad_step(mods, ws.scratch, ws.layout, ws.state, hyper, np.arange(n, dtype=np.int64), q,
-                           1.0 / (int(n_modules) * qsum), False, 0.0, 1)
+    loss, _, _ = grad_by_rows(mods, ws.scratch, ws.layout, ws.state, hyper, np.arange(n, dtype=np.int64), q,
+                              1.0 / (int(n_modules) * qsum))  # one module: split by rows
     Gm = ws.views["m"][3]
     return float(loss), Gm[: r * din].reshape(r, din).copy(), np.ascontiguousarray(Gm[r * din:].reshape(r, dout).T)

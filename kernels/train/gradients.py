@@ -15,7 +15,7 @@ from ruv_kernels.train.bundles import State
 from ruv_kernels.train.optimizer import update_range
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def row_terms(lo, hi, rows, q, coef, rsq, scale, sl, BtB, S):
     """The r x r work of rows lo..hi: u = B^T B h, the gradient w.r.t. h, the loss, S += w h h^T.
 
@@ -250,92 +250,113 @@ def sum_partials(mods, m, T):
                 Stot[t, v] += S_p[tid, t, v]
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def grad_step(mods, scr, lay, st, hy, rows, q, cscale, fuse, lr, step):
-    """Forward + backward of every module on minibatch `rows`; returns (loss = sum over modules of
-    sum_i w_i ||e_i||^2, squared gradient norm incl. EWC, EWC penalty sum F (w - w*)^2).
+@njit(cache=True)
+def _clear(loss_pm):
+    for m in range(loss_pm.shape[0]):
+        for tid in range(loss_pm.shape[1]):
+            loss_pm[m, tid] = 0.0
 
-    coef of module m = cscale * inv_out[m] = 1 / (M * sum_batch q * out_m). Two schedules, chosen
-    by the workspace (`lay.aoff`):
-    - by module (aoff has T+1 entries): thread `tid` owns modules assign[aoff[tid]:aoff[tid+1]] and
-      does all of their work over all rows: one fork-join per step and no partials to combine.
-      With `fuse` (no global clipping to wait for) the thread also applies the optimiser step to
-      its modules right away (learning rate `lr`, B's times the LoRA+ ratio), so a whole training
-      step is one fork-join.
-    - by rows (aoff empty): B^T B of every module; each thread runs every module on its share of
-      the rows; the per-thread partials are combined row by row (three fork-joins).
-    """
-    M = len(mods.X)
+
+@njit(cache=True)
+def _totals(loss_pm, sq_rows, pen_rows, n_grad):
+    loss = 0.0
+    for m in range(loss_pm.shape[0]):
+        for tid in range(loss_pm.shape[1]):
+            loss += loss_pm[m, tid]
+    sq = 0.0
+    pen = 0.0
+    for idx in range(n_grad):
+        sq += sq_rows[idx]
+        pen += pen_rows[idx]
+    return loss, sq, pen
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def owned_modules(mods, sl, loss_pm, sq_rows, pen_rows, state, hy, offsets, a_len, goff, owned, inv_out, scales, ratio,
+                  rows, q, cscale, fuse, lr, step):
+    """One thread's share of the by-module schedule: every row of each module in `owned` (loss,
+    gradient, its squared norm and EWC penalty, with the thread's row scratch `sl`) and, with
+    `fuse`, the module's optimiser step."""
     n = rows.shape[0]
-    # arrays enter a parallel region one by one, not inside a tuple (see `bundles`)
-    H, RB, WH, U, GH, loss_pm, sq_rows, pen_rows = scr
-    W, G, M1, M2, Fon, Fanc, Wanc = st
-    offsets, a_len, roff, goff, assign, aoff = lay.offsets, lay.a_len, lay.roff, lay.goff, lay.assign, lay.aoff
-    inv_out, scales, ratio = lay.inv_out, lay.scales, lay.ratio
-    T = loss_pm.shape[1]
-    lam = hy.lam
     # int64 values, not the literals 0 / 1: a literal argument would compile the helpers again
     # for that constant (Numba types a literal call argument as Literal[int])
     zero = np.int64(0)
     one = np.int64(1)
-    for m in range(M):
-        for tid in range(T):
-            loss_pm[m, tid] = 0.0
-    n_owners = aoff.shape[0] - 1
-    if n_owners > 0:
-        for tid in prange(n_owners):
-            for a in range(aoff[tid], aoff[tid + 1]):
-                m = assign[a]
-                bt_gram(mods.Bt[m], mods.BtB[m])
-                sl = (H[tid], RB[tid], WH[tid], U[tid], GH[tid])
-                loss_pm[m, 0] = chunk_grads(mods, m, zero, sl, rows, q, cscale * inv_out[m], scales[m], zero, n)
-                sum_partials(mods, m, one)
-                g0 = goff[m]
-                for row in range(goff[m + 1] - g0):
-                    sq, pen = reduce_row(mods, m, row, one, scales[m], lam)
-                    sq_rows[g0 + row] = sq
-                    pen_rows[g0 + row] = pen
-                if fuse:
-                    mid = offsets[m] + a_len[m]
-                    state = State(W, G, M1, M2, Fon, Fanc, Wanc)
-                    update_range(state, hy, offsets[m], mid, lr, 1.0, step)
-                    update_range(state, hy, mid, offsets[m + 1], lr * ratio, 1.0, step)
-    else:
-        n_rank = roff[M]
-        for idx in prange(n_rank):  # phase 1: B^T B (r x r) of every module, a row per item
-            m = 0
-            while roff[m + 1] <= idx:
-                m += 1
-            t = idx - roff[m]
-            Bt = mods.Bt[m]
-            BtB = mods.BtB[m]
-            for v in range(Bt.shape[0]):
-                BtB[t, v] = dot1(Bt[t], Bt[v])
-        chunk = (n + T - 1) // T
-        for tid in prange(T):  # phase 2: per-thread partial gradients, every module
-            part = np.int64(tid)  # a parallel loop's index may be unsigned: one signature for chunk_grads
-            lo = part * chunk
-            hi = min(n, lo + chunk)
-            sl = (H[0], RB[0], WH[0], U[0], GH[0])  # rows lo..hi: disjoint
-            for m in range(M):
-                loss_pm[m, tid] = chunk_grads(mods, m, part, sl, rows, q, cscale * inv_out[m], scales[m], lo, hi)
+    for m in owned:
+        bt_gram(mods.Bt[m], mods.BtB[m])
+        loss_pm[m, 0] = chunk_grads(mods, m, zero, sl, rows, q, cscale * inv_out[m], scales[m], zero, n)
+        sum_partials(mods, m, one)
+        g0 = goff[m]
+        for row in range(goff[m + 1] - g0):
+            sq, pen = reduce_row(mods, m, row, one, scales[m], hy.lam)
+            sq_rows[g0 + row] = sq
+            pen_rows[g0 + row] = pen
+        if fuse:
+            mid = offsets[m] + a_len[m]
+            update_range(state, hy, offsets[m], mid, lr, 1.0, step)
+            update_range(state, hy, mid, offsets[m + 1], lr * ratio, 1.0, step)
+
+
+@njit(cache=True, parallel=True)
+def grad_by_module(mods, scr, lay, st, hy, rows, q, cscale, fuse, lr, step):
+    """By module (`lay.aoff` has T+1 entries): thread `tid` owns modules assign[aoff[tid]:aoff[tid+1]]
+    and does all of their work over all rows (`owned_modules`): one fork-join per step and no
+    partials to combine. With `fuse` (no global clipping to wait for) the thread also applies the
+    optimiser step to its modules right away (learning rate `lr`, B's times the LoRA+ ratio), so
+    a whole training step is one fork-join. The parallel loop's body is one call, so Numba's
+    parallel lowering has little to analyse (inline, it cost 8-10 s of a cold start)."""
+    # arrays enter a parallel region one by one, not inside a tuple (see `bundles`)
+    H, RB, WH, U, GH, loss_pm, sq_rows, pen_rows = scr
+    W, G, M1, M2, Fon, Fanc, Wanc = st
+    offsets, a_len, goff, assign, aoff = lay.offsets, lay.a_len, lay.goff, lay.assign, lay.aoff
+    inv_out, scales, ratio = lay.inv_out, lay.scales, lay.ratio
+    _clear(loss_pm)
+    for tid in prange(aoff.shape[0] - 1):
+        owned_modules(mods, (H[tid], RB[tid], WH[tid], U[tid], GH[tid]), loss_pm, sq_rows, pen_rows,
+                      State(W, G, M1, M2, Fon, Fanc, Wanc), hy, offsets, a_len, goff, assign[aoff[tid]:aoff[tid + 1]],
+                      inv_out, scales, ratio, rows, q, cscale, fuse, lr, step)
+    return _totals(loss_pm, sq_rows, pen_rows, goff[goff.shape[0] - 1])
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def grad_by_rows(mods, scr, lay, st, hy, rows, q, cscale):
+    """By rows: B^T B of every module; each thread runs every module on its share of the rows;
+    the per-thread partials are combined row by row (three fork-joins). The optimiser step is
+    left to the caller."""
+    M = len(mods.X)
+    n = rows.shape[0]
+    H, RB, WH, U, GH, loss_pm, sq_rows, pen_rows = scr
+    roff, goff = lay.roff, lay.goff
+    inv_out, scales = lay.inv_out, lay.scales
+    T = loss_pm.shape[1]
+    lam = hy.lam
+    _clear(loss_pm)
+    n_rank = roff[M]
+    for idx in prange(n_rank):  # phase 1: B^T B (r x r) of every module, a row per item
+        m = 0
+        while roff[m + 1] <= idx:
+            m += 1
+        t = idx - roff[m]
+        Bt = mods.Bt[m]
+        BtB = mods.BtB[m]
+        for v in range(Bt.shape[0]):
+            BtB[t, v] = dot1(Bt[t], Bt[v])
+    chunk = (n + T - 1) // T
+    for tid in prange(T):  # phase 2: per-thread partial gradients, every module
+        part = np.int64(tid)  # a parallel loop's index may be unsigned: one signature for chunk_grads
+        lo = part * chunk
+        hi = min(n, lo + chunk)
+        sl = (H[0], RB[0], WH[0], U[0], GH[0])  # rows lo..hi: disjoint
         for m in range(M):
-            sum_partials(mods, m, T)
-        n_grad = goff[M]
-        for idx in prange(n_grad):  # phase 3: reduce the partials, row by row over every module
-            m = 0
-            while goff[m + 1] <= idx:
-                m += 1
-            sq, pen = reduce_row(mods, m, idx - goff[m], T, scales[m], lam)
-            sq_rows[idx] = sq
-            pen_rows[idx] = pen
-    loss = 0.0
+            loss_pm[m, tid] = chunk_grads(mods, m, part, sl, rows, q, cscale * inv_out[m], scales[m], lo, hi)
     for m in range(M):
-        for tid in range(T):
-            loss += loss_pm[m, tid]
-    sq = 0.0
-    pen = 0.0
-    for idx in range(goff[M]):
-        sq += sq_rows[idx]
-        pen += pen_rows[idx]
-    return loss, sq, pen
+        sum_partials(mods, m, T)
+    n_grad = goff[M]
+    for idx in prange(n_grad):  # phase 3: reduce the partials, row by row over every module
+        m = 0
+        while goff[m + 1] <= idx:
+            m += 1
+        sq, pen = reduce_row(mods, m, idx - goff[m], T, scales[m], lam)
+        sq_rows[idx] = sq
+        pen_rows[idx] = pen
+    return _totals(loss_pm, sq_rows, pen_rows, n_grad)

@@ -121,7 +121,7 @@ class _Run:
     def steps(self, order: np.ndarray, b_from: int, b_to: int) -> None:
         ws = self.ws
         out = run_steps(self.mods, ws.scratch, ws.layout, ws.state, self.hyper, self.gather, order, b_from, b_to,
-                        self.bs, self.q_tr32, self.lrs, self.step)
+                        self.bs, self.q_tr32, self.lrs, self.step, ws.by_rows)
         self.step, loss_sum, count, pen_last, lr_last, status = out
         if status:
             raise FloatingPointError(f"training loss stopped being finite at step {self.step}: lower the learning_rate")

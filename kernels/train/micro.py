@@ -14,7 +14,7 @@ from numba import njit
 from ruv_kernels.fastmath import FASTMATH
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def dot4(a, x):
     """(a . x0, a . x1, a . x2, a . x3)."""
     x0, x1, x2, x3 = x
@@ -31,7 +31,7 @@ def dot4(a, x):
     return s0, s1, s2, s3
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def dot1(a, x0):
     s0 = np.float32(0.0)
     for j in range(a.shape[0]):
@@ -39,7 +39,7 @@ def dot1(a, x0):
     return s0
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def rb_g4(bt, g, r, w):
     """c_b = bt . r_b (the B^T r entries) and g += sum_b w_b r_b, in one pass over the outputs."""
     r0, r1, r2, r3 = r
@@ -62,7 +62,7 @@ def rb_g4(bt, g, r, w):
     return c0, c1, c2, c3
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def rb_g1(bt, g, r0, w0):
     c0 = np.float32(0.0)
     for o in range(bt.shape[0]):
@@ -72,7 +72,7 @@ def rb_g1(bt, g, r0, w0):
     return c0
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def axpy4(g, c, x):
     """g += sum_b c_b x_b."""
     c0, c1, c2, c3 = c
@@ -81,13 +81,13 @@ def axpy4(g, c, x):
         g[j] += c0 * x0[j] + c1 * x1[j] + c2 * x2[j] + c3 * x3[j]
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def axpy1(g, c0, x0):
     for j in range(g.shape[0]):
         g[j] += c0 * x0[j]
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def dot4x2(a, b, x):
     """Eight dot products (two rank rows x four examples) sharing every load."""
     x0, x1, x2, x3 = x
@@ -117,7 +117,7 @@ def dot4x2(a, b, x):
     return s0, s1, s2, s3, t0, t1, t2, t3
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def dot4x4(H, i, t, A, x):
     """H[i:i+4, t:t+4] = rank rows A[t:t+4] . four examples: 16 dot products sharing every load."""
     a0 = A[t]
@@ -172,7 +172,7 @@ def dot4x4(H, i, t, A, x):
     H[i + 3, t + 3] = s33
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def rb_g4x2(ba, bb, ga, gb, r, wa, wb):
     """rb_g4 for two rank rows at once."""
     r0, r1, r2, r3 = r
@@ -206,7 +206,7 @@ def rb_g4x2(ba, bb, ga, gb, r, wa, wb):
     return c0, c1, c2, c3, d0, d1, d2, d3
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def axpy4x2(ga, gb, ca, cb, x):
     """axpy4 for two rank rows at once."""
     a0, a1, a2, a3 = ca

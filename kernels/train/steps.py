@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from ruv_kernels.hashing import mix64
-from ruv_kernels.train.gradients import grad_step
+from ruv_kernels.train.gradients import grad_by_module, grad_by_rows
 from ruv_kernels.train.optimizer import update
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -98,13 +98,16 @@ def drop_inputs(ga, nb, step):
 
 
 @njit(cache=True)
-def run_steps(mods, scr, lay, st, hy, ga, order, b_from, b_to, bs, q, lrs, step0):
+def run_steps(mods, scr, lay, st, hy, ga, order, b_from, b_to, bs, q, lrs, step0, by_rows):
     """Minibatches b_from..b_to of an epoch (rows order[b*bs:(b+1)*bs]).
 
     `ga` is the Gather bundle: with `ga.on` each minibatch is first gathered into the buffers
     that `mods` reads (rows 0..nb); else `mods` reads the training arrays in place. The optimiser
     step is fused into the gradient kernel when the modules are split by thread and there is no
-    global clip to wait for. Returns (step, sum of minibatch losses, minibatches run, last EWC
+    global clip to wait for. `by_rows` picks the gradient schedule (`Workspace.by_rows`: None splits the
+    modules over the threads, `grad_by_module`; the rank-row offsets split the rows, `grad_by_rows`);
+    only the one a run takes is compiled, since each schedule's parallel lowering costs seconds of a
+    cold start. Returns (step, sum of minibatch losses, minibatches run, last EWC
     penalty, last lr, status); status 1 = the loss or the gradient stopped being finite.
     """
     M = len(mods.X)
@@ -134,7 +137,12 @@ def run_steps(mods, scr, lay, st, hy, ga, order, b_from, b_to, bs, q, lrs, step0
                 drop_inputs(ga, hi - lo, step)
             use_rows = ga.local[: hi - lo]
             use_q = ga.q
-        loss, sq, pen = grad_step(mods, scr, lay, st, hy, use_rows, use_q, 1.0 / (M * qb), fuse, lr, step)
+        cscale = 1.0 / (M * qb)
+        # Numba prunes the branch the argument's type rules out: a run compiles one schedule
+        if by_rows is None:
+            loss, sq, pen = grad_by_module(mods, scr, lay, st, hy, use_rows, use_q, cscale, fuse, lr, step)
+        else:
+            loss, sq, pen = grad_by_rows(mods, scr, lay, st, hy, use_rows, use_q, cscale)
         if not (math.isfinite(loss) and math.isfinite(sq)):
             return step, loss_sum, count, pen_last, lr, 1
         if not fuse:

@@ -87,6 +87,8 @@ class Workspace:
             inv_out=np.array([1.0 / self.shapes[k][2] for k in self.keys], np.float64),
             scales=np.array([self.scales[k] for k in self.keys], np.float64), ratio=float(loraplus_ratio),
             chunks=chunks_of(self.keys, self.shapes, self.offsets, loraplus_ratio))
+        # the gradient schedule: None splits the work by module, the rank-row offsets split it by rows
+        self.by_rows = None if aoff.size else self.layout.roff
         self.state = State(self.W, self.G, self.M1, self.M2, self.Fon, self.Fanc, self.Wanc)
         # per-module partials (combined after every module ran)
         self.partials = {k: (np.empty((self.T, r, din), np.float32), np.empty((self.T, r, dout), np.float32),

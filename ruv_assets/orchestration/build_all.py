@@ -9,7 +9,8 @@ sensors the daemon would evaluate, do what they ask, and run the requested runs 
    them, so the daemon's `merge_sensor` does not repeat it.
 4. `promotion_sensor`: the promotions it requests, run here.
 
-Runs execute in this process, one after the other, so Numba's kernels load once. On a deployment
+Runs execute in this process, one after the other, so Numba's kernels load once. On an empty
+Numba cache, `warm_start` first compiles them on two processes (see there). On a deployment
 with a daemon (`deploy/`, `make cluster`) the same sensors request the same runs and the run queue
 hands them to workers; nothing here is needed there.
 """
@@ -54,15 +55,19 @@ def observe_catalogue(instance: DagsterInstance) -> None:
 
 
 def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, composites: list[str] | None = None,
-              log: Callable[[str], None] = print) -> BuildReport:
+              log: Callable[[str], None] = print, warm: bool = True) -> BuildReport:
     from ruv_assets.orchestration.build_sensors import ENTRY_TAG, INPUTS_TAG, describe, merge_key, train_key
-    from ruv_assets.catalogue.catalogue import current_catalogue
+    from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
     from ruv_assets.definitions import defs
+    from ruv_assets.orchestration.warm_start import warm_start
     from ruv_assets.orchestration.promotion_sensor import promotion_sensor
 
     catalogue = current_catalogue()
     store = ArtifactStore(defs.resources["store"].root or None)
     report = BuildReport()
+    started = time.perf_counter()
+    if warm and warm_start(catalogue, current_geometry(), log=log):
+        log(f"warm start: kernels compiled on two processes in {time.perf_counter() - started:.1f}s")
 
     def run(job_name: str, partition: str, **kwargs) -> bool:
         started = time.perf_counter()

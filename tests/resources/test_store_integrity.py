@@ -101,3 +101,25 @@ def test_ruv_store_verify(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "merged_adapter[code_review]" in out and "corrupt" in out and "1 problems" in out
     assert main(["store", "verify", "--root", str(tmp_path / "nowhere")]) == 2
+
+
+def test_an_unchanged_object_is_hashed_once_per_process_and_a_changed_one_again(tmp_path, monkeypatch):
+    import ruv_resources.store as store_module
+
+    store = ArtifactStore(tmp_path)
+    stored = store.write("trained_adapter", "coder", _payload(4))
+    calls = []
+    real = store_module.hash_directory
+    monkeypatch.setattr(store_module, "hash_directory", lambda path: calls.append(path) or real(path))
+    for _ in range(3):
+        assert ArtifactStore(str(tmp_path)).get("trained_adapter", "coder") == stored  # written here: known
+    assert calls == []
+    target = stored.path / "adapter_config.json"
+    target.write_text(target.read_text())  # same bytes, rewritten: hashed again, still sound
+    store.get("trained_adapter", "coder")
+    assert len(calls) == 1
+    store.get("trained_adapter", "coder")
+    assert len(calls) == 1
+    target.write_text('{"seed": 5}\n')
+    with pytest.raises(StoreError, match="is corrupt"):
+        store.get("trained_adapter", "coder")
