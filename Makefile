@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
+CLUSTER_STAMP := $(VENV)/.installed-cluster-stamp
+CAPTURE_STAMP := $(VENV)/.installed-capture-stamp
 
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export RUV_HOME ?= $(CURDIR)/.ruv
@@ -24,7 +26,17 @@ $(STAMP): pyproject.toml
 
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,reference,capture,cluster]'
-	touch $(TEST_STAMP)
+	touch $(TEST_STAMP) $(CLUSTER_STAMP) $(CAPTURE_STAMP)
+
+# each target installs the extra it needs: dagster-postgres and dagster-celery for the cluster,
+# torch, transformers and PEFT for the real model
+$(CLUSTER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[cluster]'
+	touch $(CLUSTER_STAMP)
+
+$(CAPTURE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[capture]'
+	touch $(CAPTURE_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/ruv run-all
@@ -37,8 +49,7 @@ test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow and not e2e"
 
 # The five presets as roles on SmolLM2-135M-Instruct: captured, trained, merged, promoted (.demo/).
-demo: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[capture]'
+demo: $(CAPTURE_STAMP)
 	bash scripts/model-deps.sh
 	$(VENV)/bin/ruv demo
 
@@ -53,15 +64,16 @@ bench: $(TEST_STAMP)
 WORKERS ?= 2
 export WORKERS
 
-cluster: $(STAMP)
+cluster: $(CLUSTER_STAMP)
 	bash scripts/cluster.sh up
 
-cluster-run: $(STAMP)
+cluster-run: $(CLUSTER_STAMP)
 	bash scripts/cluster.sh run
 
 cluster-down:
 	bash scripts/cluster.sh down
 
 clean:
+	bash scripts/cluster.sh forget  # a Postgres data directory kept outside the clone (see the script)
 	find kernels resources ruv_assets \( -name '*.nbi' -o -name '*.nbc' \) -delete  # Numba's default cache, beside the sources
 	rm -rf .ruv .numba_cache .cluster .demo dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -4,24 +4,39 @@
 # the webserver and $WORKERS Celery workers, each worker with its own scratch directory as if on
 # its own host. Everything listens on 127.0.0.1 only; passwords are generated into .cluster/env
 # (mode 600) on first start. `down` stops exactly the process groups `up` recorded, and Postgres
-# through pg_ctl on its own data directory; nothing else.
+# through pg_ctl on its own data directory; nothing else. A step that fails prints one line (what
+# failed, the last line of its log, the log's path), and a half-started cluster is stopped again.
 #
-#   scripts/cluster.sh up | run | down | status | env
-set -euo pipefail
+# Postgres runs as the `postgres` user when this runs as root: its data directory is .cluster/pg
+# when that user can reach it, else (a clone inside a 0700 home, say) /var/lib/ruv-cluster/<id>/pg;
+# RUV_CLUSTER_PG_DIR chooses another. Only directories this script creates have their mode set.
+#
+#   scripts/cluster.sh up | run | down | status | env | forget
+set -Eeuo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CLUSTER="${RUV_CLUSTER_DIR:-$ROOT/.cluster}"
 VENV="${VENV:-$ROOT/.venv}"
 WORKERS="${WORKERS:-2}"
 PIDS="$CLUSTER/pids"
 LOGS="$CLUSTER/logs"
-umask 077
+# services write the store and the slots: group/other may read them (a server of another user)
+umask 022
 
 secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+fail() { echo "cluster: $*" >&2; return 1; }
+
+step() {  # what, log, command...: run it into its log; on failure one line with the log's last words
+    local what="$1" log="$2"; shift 2
+    if ! "$@" >> "$log" 2>&1; then
+        fail "$what failed: $(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | cut -c1-300) (log: $log)"
+    fi
+}
 
 write_env() {  # ports and passwords, generated once, kept across restarts
     mkdir -p "$CLUSTER"
     [ -f "$CLUSTER/env" ] && return 0
-    cat > "$CLUSTER/env" <<EOF
+    (umask 077 && cat > "$CLUSTER/env") <<EOF
 export RUV_CLUSTER_PG_PORT=${RUV_CLUSTER_PG_PORT:-55432}
 export RUV_CLUSTER_REDIS_PORT=${RUV_CLUSTER_REDIS_PORT:-56379}
 export RUV_CLUSTER_WEB_PORT=${RUV_CLUSTER_WEB_PORT:-53000}
@@ -47,7 +62,34 @@ load_env() {
     export PYTHONUNBUFFERED=1
     export PATH="$VENV/bin:$PATH"  # dagster-celery starts `celery` from PATH
     PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-    PGDATA_DIR="${RUV_CLUSTER_PG_DIR:-$CLUSTER/pg}"
+    PGDATA_DIR="$(pg_dir)"
+}
+
+postgres_can_reach() {  # dir: can the postgres user pass through every directory down to it?
+    [ "$(id -u)" != 0 ] && return 0  # not root: Postgres runs as this user
+    local d="$1"
+    while [ ! -e "$d" ]; do d="$(dirname "$d")"; done
+    runuser -u postgres -- test -x "$d"
+}
+
+pg_dir() {  # where Postgres keeps its data: recorded at the first start, then always the same
+    if [ -n "${RUV_CLUSTER_PG_DIR:-}" ]; then echo "$RUV_CLUSTER_PG_DIR"; return; fi
+    if [ -s "$CLUSTER/pgdir" ]; then cat "$CLUSTER/pgdir"; return; fi
+    if postgres_can_reach "$CLUSTER"; then echo "$CLUSTER/pg"; return; fi
+    # a private parent (a clone inside a 0700 home): a directory of this cluster's own elsewhere
+    echo "/var/lib/ruv-cluster/$(printf '%s' "$CLUSTER" | sha256sum | cut -c1-16)/pg"
+}
+
+make_dirs() {  # dir mode owner: create dir and its missing parents; only those get mode and owner
+    local dir="$1" mode="$2" owner="$3" d missing=()
+    d="$dir"
+    while [ ! -e "$d" ]; do missing=("$d" "${missing[@]}"); d="$(dirname "$d")"; done
+    for d in "${missing[@]}"; do
+        mkdir "$d"
+        chmod "$mode" "$d"
+        [ -n "$owner" ] && chown "$owner" "$d"
+    done
+    return 0
 }
 
 as_postgres() {  # Postgres refuses to run as root: run its tools as the `postgres` user then
@@ -66,39 +108,40 @@ wait_for() {  # description, seconds, command...
         if "$@" > /dev/null 2>&1; then return 0; fi
         sleep 0.5
     done
-    echo "cluster: $what did not come up in ${seconds}s; see $LOGS" >&2
-    return 1
+    local log="$LOGS/${what}.log"
+    [ -f "$log" ] && fail "$what did not come up in ${seconds}s: $(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | cut -c1-300) (log: $log)"
+    fail "$what did not come up in ${seconds}s (logs: $LOGS)"
 }
 
 postgres_up() {
-    local data="$PGDATA_DIR"
+    local data="$PGDATA_DIR" owner=""
+    [ "$(id -u)" = 0 ] && owner=postgres
     if [ ! -s "$data/PG_VERSION" ]; then
-        mkdir -p "$data"
-        local pwfile="$data.pw"
+        # the parents this creates: passable (no listing) by the postgres user; the data directory its own
+        make_dirs "$(dirname "$data")" 711 ""
+        make_dirs "$data" 700 "$owner"
+        postgres_can_reach "$data" || fail "the postgres user cannot reach $data; set RUV_CLUSTER_PG_DIR to a directory it can"
+        echo "$data" > "$CLUSTER/pgdir"
+        local pwfile
+        pwfile="$(mktemp "$(dirname "$data")/.pgpw.XXXXXX")"  # initdb wants an empty data directory
         printf '%s\n' "$DAGSTER_PG_PASSWORD" > "$pwfile"
-        # the postgres user may pass through the parent (no listing) into its own data directory
-        if [ "$(id -u)" = 0 ]; then
-            chmod 711 "$(dirname "$data")"
-            chown postgres "$data" "$pwfile"
-            if ! runuser -u postgres -- test -r "$pwfile"; then
-                rm -f "$pwfile"
-                echo "cluster: the postgres user cannot reach $data; set RUV_CLUSTER_PG_DIR to a directory it can" >&2
-                return 1
-            fi
+        [ -n "$owner" ] && chown "$owner" "$pwfile"
+        if ! step "initdb" "$LOGS/initdb.log" as_postgres "$PGBIN/initdb" -D "$data" -U "$DAGSTER_PG_USER" \
+                --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8; then
+            rm -f "$pwfile"
+            return 1
         fi
-        as_postgres "$PGBIN/initdb" -D "$data" -U "$DAGSTER_PG_USER" --auth=scram-sha-256 --pwfile="$pwfile" \
-            -E UTF8 > "$LOGS/initdb.log"
         rm -f "$pwfile"
     fi
     if ! as_postgres "$PGBIN/pg_ctl" -D "$data" status > /dev/null 2>&1; then
         # loopback only, no Unix socket outside the data directory, enough connections for NullPool
-        as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start \
-            -o "-c listen_addresses=127.0.0.1 -p $RUV_CLUSTER_PG_PORT -k $data -c max_connections=200" > /dev/null
+        step "postgres" "$LOGS/postgres.log" as_postgres "$PGBIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start \
+            -o "-c listen_addresses=127.0.0.1 -p $RUV_CLUSTER_PG_PORT -k $data -c max_connections=200"
     fi
     export PGPASSWORD="$DAGSTER_PG_PASSWORD"
     if ! psql -h 127.0.0.1 -p "$RUV_CLUSTER_PG_PORT" -U "$DAGSTER_PG_USER" -d postgres -tAc \
-            "select 1 from pg_database where datname = '$DAGSTER_PG_DB'" | grep -q 1; then
-        createdb -h 127.0.0.1 -p "$RUV_CLUSTER_PG_PORT" -U "$DAGSTER_PG_USER" "$DAGSTER_PG_DB"
+            "select 1 from pg_database where datname = '$DAGSTER_PG_DB'" 2>> "$LOGS/postgres.log" | grep -q 1; then
+        step "createdb" "$LOGS/postgres.log" createdb -h 127.0.0.1 -p "$RUV_CLUSTER_PG_PORT" -U "$DAGSTER_PG_USER" "$DAGSTER_PG_DB"
     fi
     unset PGPASSWORD
 }
@@ -127,11 +170,13 @@ up() {
         exit 1
     fi
     mkdir -p "$PIDS" "$LOGS" "$DAGSTER_HOME"
+    # a step that fails stops what this start had started, then says what failed
+    trap 'echo "cluster: stopping what had started" >&2; down > /dev/null 2>&1 || true' ERR
     cp "$ROOT/deploy/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
     postgres_up
     redis_up
     # create the schema once, before several processes race to create it on first connection
-    "$VENV/bin/dagster" instance migrate > "$LOGS/migrate.log" 2>&1
+    step "dagster instance migrate" "$LOGS/migrate.log" "$VENV/bin/dagster" instance migrate
     start_group daemon "$VENV/bin/dagster-daemon" run -w "$ROOT/workspace.yaml"
     start_group webserver "$VENV/bin/dagster-webserver" -h 127.0.0.1 -p "$RUV_CLUSTER_WEB_PORT" -w "$ROOT/workspace.yaml"
     for i in $(seq "$WORKERS"); do
@@ -146,6 +191,7 @@ up() {
     for i in $(seq "$WORKERS"); do
         wait_for "worker-$i" 120 grep -qE "worker-$i@.* ready\." "$LOGS/worker-$i.log"
     done
+    trap - ERR
     echo "cluster: up. postgres 127.0.0.1:$RUV_CLUSTER_PG_PORT, redis 127.0.0.1:$RUV_CLUSTER_REDIS_PORT," \
          "webserver http://127.0.0.1:$RUV_CLUSTER_WEB_PORT, $WORKERS workers; DAGSTER_HOME=$DAGSTER_HOME RUV_HOME=$RUV_HOME"
 }
@@ -178,6 +224,13 @@ down() {
     echo "cluster: down"
 }
 
+forget() {  # `make clean`: a Postgres data directory kept outside the clone goes with it
+    [ -s "$CLUSTER/pgdir" ] || return 0
+    local data
+    data="$(cat "$CLUSTER/pgdir")"
+    case "$data" in /var/lib/ruv-cluster/*/pg) rm -rf "$(dirname "$data")" ;; esac
+}
+
 status() {
     load_env
     for file in "$PIDS"/*.pgid; do
@@ -194,5 +247,6 @@ case "${1:-}" in
     down) down ;;
     status) status ;;
     env) load_env; echo "source $CLUSTER/env; export DAGSTER_HOME=$DAGSTER_HOME" ;;
-    *) echo "usage: $0 up|run|down|status|env" >&2; exit 2 ;;
+    forget) forget ;;
+    *) echo "usage: $0 up|run|down|status|env|forget" >&2; exit 2 ;;
 esac
