@@ -53,8 +53,9 @@ demo: $(CAPTURE_STAMP)
 	bash scripts/model-deps.sh
 	$(VENV)/bin/ruv demo
 
+UI_PORT ?= 3000
 ui: $(STAMP)
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 bench: $(TEST_STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

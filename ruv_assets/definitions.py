@@ -20,6 +20,9 @@ from ruv_assets.orchestration.jobs import merge_job, promote_job, train_job
 from ruv_assets.catalogue.geometry import GeometryResource
 from ruv_assets.orchestration.schedules import retrain_schedule
 from ruv_assets.orchestration.promotion_sensor import promotion_sensor
+from ruv_assets.orchestration.unsynced import exit_if_unsynced
+
+exit_if_unsynced()  # `dagster asset materialize --partition X` on an unsynced instance: one line, not a traceback
 
 defs = Definitions(
     assets=[adapter_entry, composite_entry, base_model, capture_teacher, capture_corpus, preset_adapter, synthetic_dataset,

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("presets", "merge", "slot", "store", "run_all", "cluster_run", "demo")  # module names; run_all registers `run-all`
+COMMANDS = ("presets", "merge", "slot", "store", "run_all", "materialize", "cluster_run", "demo")  # module names; run_all registers `run-all`
 
 
 class UserError(Exception):
@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "forwards_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.forwarded = extra
     try:
         return int(args.handler(args) or 0)
     except BrokenPipeError:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,13 +69,13 @@ def cluster(tmp_path_factory):
     catalogue = root / "catalogue.yaml"
     catalogue.write_text(catalogue_text(CUSTOM, CUSTOM[:2]))
     web_port = free_port()
-    # Postgres runs as the postgres user, which cannot enter pytest's private temporary directory
-    pg_parent = Path(tempfile.mkdtemp(prefix="ruv-cluster-pg-"))
-    env = dict(os.environ, RUV_CLUSTER_DIR=str(root / "cluster"), RUV_CLUSTER_PG_DIR=str(pg_parent / "pg"), RUV_HOME=str(root / "ruv"), RUV_CATALOGUE=str(catalogue),
+    # no RUV_CLUSTER_PG_DIR: pytest's temporary directory is private (0700), so the script has to
+    # find a place the postgres user can reach by itself, as it does for a clone in a private home
+    env = dict(os.environ, RUV_CLUSTER_DIR=str(root / "cluster"), RUV_HOME=str(root / "ruv"), RUV_CATALOGUE=str(catalogue),
                WORKERS="2", RUV_CLUSTER_PG_PORT=str(free_port()), RUV_CLUSTER_REDIS_PORT=str(free_port()),
                RUV_CLUSTER_WEB_PORT=str(web_port), VENV=str(Path(sys.executable).parents[1]),
                NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(REPO / ".numba_cache")))
-    for key in ("RUV_SLOTS", "RUV_HIDDEN_SIZE", "RUV_INTERMEDIATE_SIZE", "RUV_NUM_LAYERS", "DAGSTER_HOME"):
+    for key in ("RUV_CLUSTER_PG_DIR", "RUV_SLOTS", "RUV_HIDDEN_SIZE", "RUV_INTERMEDIATE_SIZE", "RUV_NUM_LAYERS", "DAGSTER_HOME"):
         env.pop(key, None)
     cluster = Cluster(root, env, catalogue, web_port)
     up = cluster.script("up", timeout=600, check=False)
@@ -97,4 +95,4 @@ def cluster(tmp_path_factory):
             yield cluster
     finally:
         cluster.script("down", timeout=120, check=False)
-        shutil.rmtree(pg_parent, ignore_errors=True)
+        cluster.script("forget", timeout=60, check=False)  # what `make clean` does: the outside data directory goes
