@@ -13,7 +13,7 @@ export RUV_HOME ?= $(CURDIR)/.ruv
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-fast ui bench clean cluster cluster-run cluster-down demo
+.PHONY: install run test test-fast ui bench clean cluster cluster-run cluster-down demo serve serve-down serve-status
 
 install: $(STAMP)
 
@@ -53,6 +53,25 @@ demo: $(CAPTURE_STAMP)
 	bash scripts/model-deps.sh
 	$(VENV)/bin/ruv demo
 
+# The slots on vLLM (its own venv, .venv-serve): after `make demo` its slots (.demo/), else $(RUV_HOME)'s;
+# a RUV_HOME of your own wins. The API's base URL is the last line. `make serve-down` stops it.
+SERVE_PORT ?= 8000
+ifeq ($(origin RUV_HOME),file)
+ifneq ($(wildcard .demo/ruv/slots),)
+SERVE_ENV := RUV_HOME=$(CURDIR)/.demo/ruv DAGSTER_HOME=$(CURDIR)/.demo/dagster_home RUV_CATALOGUE=$(CURDIR)/.demo/catalogue.yaml
+endif
+endif
+serve: $(CAPTURE_STAMP)
+	bash scripts/model-deps.sh
+	bash scripts/serve-deps.sh
+	$(SERVE_ENV) $(VENV)/bin/ruv serve up --port $(SERVE_PORT)
+
+serve-down:
+	$(SERVE_ENV) $(VENV)/bin/ruv serve down
+
+serve-status:
+	$(SERVE_ENV) $(VENV)/bin/ruv serve status
+
 UI_PORT ?= 3000
 ui: $(STAMP)
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
@@ -77,4 +96,5 @@ cluster-down:
 clean:
 	bash scripts/cluster.sh forget  # a Postgres data directory kept outside the clone (see the script)
 	find kernels resources ruv_assets \( -name '*.nbi' -o -name '*.nbc' \) -delete  # Numba's default cache, beside the sources
+	-test -x $(VENV)/bin/ruv && $(SERVE_ENV) $(VENV)/bin/ruv serve down  # a server make serve started
 	rm -rf .ruv .numba_cache .cluster .demo dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -14,6 +14,7 @@ from ruv_assets.assets.sources import base_model, capture_corpus, capture_teache
 from ruv_assets.assets.merged import merged_adapter
 from ruv_assets.assets.preset import preset_adapter
 from ruv_assets.assets.served import served_adapter
+from ruv_assets.assets.serving_model import serving_model
 from ruv_assets.assets.trained import trained_adapter
 from ruv_assets.orchestration.build_sensors import catalogue_sensor, merge_sensor
 from ruv_assets.orchestration.jobs import merge_job, promote_job, train_job
@@ -26,7 +27,7 @@ exit_if_unsynced()  # `dagster asset materialize --partition X` on an unsynced i
 
 defs = Definitions(
     assets=[adapter_entry, composite_entry, base_model, capture_teacher, capture_corpus, preset_adapter, synthetic_dataset,
-            trained_adapter, merged_adapter, served_adapter],
+            trained_adapter, merged_adapter, served_adapter, serving_model],
     jobs=[train_job, merge_job, promote_job],
     sensors=[catalogue_sensor, merge_sensor, promotion_sensor],
     schedules=[retrain_schedule],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the tests need: Debian's Chromium (the browser test), PostgreSQL and Redis (the
-# cluster tests). Idempotent; `apt-get update` at most once.
+# cluster tests), and vLLM's own venv for the serving tests. Idempotent; `apt-get update` at most once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
@@ -16,3 +16,4 @@ fi
 
 bash scripts/model-deps.sh
 bash scripts/cluster-deps.sh
+bash scripts/serve-deps.sh

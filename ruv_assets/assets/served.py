@@ -1,9 +1,12 @@
 """`served_adapter`: what each hot-swap slot serves. Materialising a partition promotes a stored
 trained (adapter) or merged (composite) version into `<slots>/<name>/active`; the materialisation
 records which source version is active at which slot generation, so lineage shows what is served.
+Running inference servers that follow the slots (`ruv serve up`) are asked before the swap (a
+server that serves the slot and refuses the new version fails the run, slot untouched) and waited
+for after it: the materialisation records the generation each server reports live.
 """
 
-from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetRecordsFilter, Config, DataVersion, IdentityPartitionMapping, MaterializeResult, MetadataValue, asset
+from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetRecordsFilter, Config, DataVersion, Failure, IdentityPartitionMapping, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from ruv_resources.dagster_resources import SlotsResource, StoreResource
@@ -11,6 +14,7 @@ from ruv_assets.catalogue import versions
 from ruv_assets.catalogue.partitions import slot_partitions, source_of
 from ruv_assets.catalogue.geometry import GeometryResource
 from ruv_assets.orchestration.worker import where_it_ran
+from ruv_assets.serving import servers
 
 
 class PromotionConfig(Config):
@@ -54,7 +58,13 @@ def served_adapter(context: AssetExecutionContext, config: PromotionConfig, stor
     if not stale and current is not None and current.active and slot.manifest(current.active).get("data_version") == stored.data_version:
         context.log.info(f"slot {name}: {stored.data_version[:12]} is already active at generation {current.generation}")
         state = current
+        answers = {server.url: {"status": "accepts"} for server in servers.registered(slot.path.parent.parent)}
     else:
+        home = slot.path.parent.parent
+        answers = servers.precheck(name, stored.path, home)
+        refused = servers.refusal(answers, name)
+        if refused:
+            raise Failure(description=refused, metadata={"servers": MetadataValue.json(answers)})
         state = slot.promote(
             stored.path,
             provenance={
@@ -68,6 +78,9 @@ def served_adapter(context: AssetExecutionContext, config: PromotionConfig, stor
             geometry=geometry.geometry().dims(),
         )
     context.log.info(f"slot {name}: generation {state.generation}, active {state.active}")
+    served = servers.wait_live(name, state.generation, answers)
+    if served:
+        context.log.info(f"slot {name} on the servers: {servers.summary(served)}")
     return MaterializeResult(
         data_version=DataVersion(stored.data_version),
         metadata={
@@ -80,6 +93,8 @@ def served_adapter(context: AssetExecutionContext, config: PromotionConfig, stor
             "source_data_version": stored.data_version,
             "source_path": MetadataValue.path(str(stored.path)),
             "source_storage_id": int(config.source_storage_id or source_storage_id(context.instance, source, name, stored.data_version)),
+            "servers": MetadataValue.json(served),
+            "live_on": sum(1 for r in served.values() if r["status"] == "live"),
             **where_it_ran(),
         },
     )

@@ -11,6 +11,8 @@ import json
 import sys
 
 from ruv_resources.slot import Slot, SlotState
+from ruv_assets.cli import UserError
+from ruv_assets.serving import servers
 
 
 def register(subparsers) -> None:
@@ -108,14 +110,18 @@ def run_history(args) -> int:
 
 
 def run_rollback(args) -> int:
-    state = Slot.from_dir(args.slot_dir).rollback(args.expected_generation, to=args.to)
+    slot = Slot.from_dir(args.slot_dir)
+    state = slot.rollback(args.expected_generation, to=args.to)
     _print_state(state, args.json, verb="rolled back")
+    _report_servers(slot, state, None, args.json)
     return 0
 
 
 def run_swap(args) -> int:
-    state = Slot.from_dir(args.slot_dir).swap(args.expected_generation)
+    slot = Slot.from_dir(args.slot_dir)
+    state = slot.swap(args.expected_generation)
     _print_state(state, args.json, verb="swapped")
+    _report_servers(slot, state, None, args.json)
     return 0
 
 
@@ -169,6 +175,25 @@ def run_promote(args) -> int:
         else:
             print(f"prepared {slot.name}: standby {name} (active unchanged)")
         return 0
+    answers = servers.precheck(slot.name, args.adapter_dir, slot.path.parent.parent)
+    refused = servers.refusal(answers, slot.name)
+    if refused:
+        raise UserError(refused)
     state = slot.promote(args.adapter_dir, provenance=provenance, expected_generation=args.expected_generation, geometry=geometry)
     _print_state(state, args.json, verb="promoted")
+    _report_servers(slot, state, answers, args.json)
     return 0
+
+
+def _report_servers(slot: Slot, state: SlotState, answers: dict | None, as_json: bool) -> None:
+    """Wait (bounded) for the servers that follow this RUV_HOME to serve the new generation."""
+    home = slot.path.parent.parent
+    if answers is None:
+        answers = {server.url: {"status": "accepts"} for server in servers.registered(home)}
+    if not answers:
+        return
+    result = servers.wait_live(slot.name, state.generation, answers)
+    if as_json:
+        print(json.dumps({"servers": result}), file=sys.stderr)  # stdout stays one JSON document
+    else:
+        print(f"servers: {servers.summary(result)}")

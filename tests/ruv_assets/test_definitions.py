@@ -20,7 +20,7 @@ def test_everything_is_defined():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {"adapter_entry", "composite_entry", "base_model", "capture_teacher", "capture_corpus", "preset_adapter",
-                    "synthetic_dataset", "trained_adapter", "merged_adapter", "served_adapter"}
+                    "synthetic_dataset", "trained_adapter", "merged_adapter", "served_adapter", "serving_model"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {("trained_adapter", n) for n in ("weights_finite", "beats_zero_adapter", "near_noise_floor", "removes_teacher_kl")} | {
         ("merged_adapter", n) for n in ("weights_finite", "beats_zero_adapter", "retention_within_bounds")}
