@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--swaps", type=int, default=60)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--steady", type=float, default=20.0)
+    ap.add_argument("--no-restart", action="store_true", help="skip restarting the second server mid-run")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ruv-serve-bench-"))
     os.environ.update({"RUV_HOME": str(root / "ruv"), "DAGSTER_HOME": str(root / "dagster_home"), "HF_HUB_OFFLINE": "1"})
@@ -206,7 +207,7 @@ def run(args, home, urls, ports, adapters, model_dir, name, launcher, srv, Slot,
                 load.acked[url, role] = max(load.acked[url, role], state.generation)
         swaps.append({"role": role, "generation": state.generation, "changed": changed,
                       "acked": {u: acked[u] - changed for u in acked}, "missed": [u for u in up if u not in acked]})
-        if i == args.swaps // 2:  # restart the second server while the swaps go on against the first
+        if i == args.swaps // 2 and not args.no_restart:  # restart the second server while the swaps go on against the first
             with load.lock:
                 load.up = [urls[0]]
             while load.inflight.get(urls[1], 0):
@@ -228,7 +229,7 @@ def run(args, home, urls, ports, adapters, model_dir, name, launcher, srv, Slot,
     load.stop.set()
     for t in threads:
         t.join(timeout=120)
-    report(load, swaps, holds, fingerprint, t0, steady_end, swaps_end, restart, peft, starts, args)
+    print_report(load, swaps, holds, fingerprint, t0, steady_end, swaps_end, restart, peft, starts, args)
 
 
 def peft_agreement(url, model_dir, adapters, name):
@@ -264,7 +265,7 @@ def peft_agreement(url, model_dir, adapters, name):
     return out
 
 
-def report(load, swaps, holds, fingerprint, t0, steady_end, swaps_end, restart, peft, starts, args):
+def print_report(load, swaps, holds, fingerprint, t0, steady_end, swaps_end, restart, peft, starts, args):
     recs = load.records
     failed = [r for r in recs if "error" in r]
     ok = [r for r in recs if "error" not in r]

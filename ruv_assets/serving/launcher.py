@@ -136,8 +136,11 @@ def stop_record(record: Path, grace: float = 30.0) -> bool:
             time.sleep(0.2)
         if _alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
-            while _alive(pgid):
+            deadline = time.monotonic() + grace
+            while _alive(pgid) and time.monotonic() < deadline:
                 time.sleep(0.1)
+        # a vLLM worker can stay in the kernel's exit path after SIGKILL (seen here: state R, no memory
+        # map, parent gone); the server (the port's owner) is gone by then, so the wait is bounded
     # its registration, if the plugin could not remove it (killed)
     registration = record.with_name(record.name.replace(".launch.json", ".json"))
     try:
