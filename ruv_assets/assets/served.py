@@ -58,7 +58,7 @@ def served_adapter(context: AssetExecutionContext, config: PromotionConfig, stor
     if not stale and current is not None and current.active and slot.manifest(current.active).get("data_version") == stored.data_version:
         context.log.info(f"slot {name}: {stored.data_version[:12]} is already active at generation {current.generation}")
         state = current
-        answers = {server.url: {"status": "accepts"} for server in servers.registered(slot.path.parent.parent)}
+        answers = servers.following(slot.path.parent.parent)
     else:
         home = slot.path.parent.parent
         answers = servers.precheck(name, stored.path, home)

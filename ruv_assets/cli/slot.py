@@ -189,7 +189,7 @@ def _report_servers(slot: Slot, state: SlotState, answers: dict | None, as_json:
     """Wait (bounded) for the servers that follow this RUV_HOME to serve the new generation."""
     home = slot.path.parent.parent
     if answers is None:
-        answers = {server.url: {"status": "accepts"} for server in servers.registered(home)}
+        answers = servers.following(home)
     if not answers:
         return
     result = servers.wait_live(slot.name, state.generation, answers)

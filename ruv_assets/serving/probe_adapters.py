@@ -12,18 +12,15 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from ruv_kernels.modules import ALL_MODULES, module_shape
 from ruv_resources.base_model import read_base_model
-
-MODULE_BLOCK = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-                "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+from ruv_resources.peft_format import peft_key
 
 
 def module_dims(model_dir: str | os.PathLike) -> tuple[int, dict[str, tuple[int, int]]]:
     info = read_base_model(model_dir)
     q, kv = info.num_attention_heads * info.head_dim, info.num_key_value_heads * info.head_dim
-    h, i = info.hidden_size, info.intermediate_size
-    return info.num_layers, {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                             "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    return info.num_layers, {m: module_shape(m, info.hidden_size, info.intermediate_size, q, kv) for m in ALL_MODULES}
 
 
 def write_probe_adapter(out: str | os.PathLike, model_dir: str | os.PathLike, seed: int, *, rank: int = 8,
@@ -37,9 +34,9 @@ def write_probe_adapter(out: str | os.PathLike, model_dir: str | os.PathLike, se
     for layer in range(layers):
         for module in modules:
             fan_in, fan_out = model_dims[module]
-            prefix = f"base_model.model.model.layers.{layer}.{MODULE_BLOCK[module]}.{module}"
-            tensors[f"{prefix}.lora_A.weight"] = (rng.standard_normal((rank, fan_in)) / np.sqrt(fan_in)).astype(np.float32)
-            tensors[f"{prefix}.lora_B.weight"] = (rng.standard_normal((fan_out, rank)) * scale).astype(np.float32)
+            key = f"layers.{layer}.{module}"
+            tensors[peft_key(key, "A")] = (rng.standard_normal((rank, fan_in)) / np.sqrt(fan_in)).astype(np.float32)
+            tensors[peft_key(key, "B")] = (rng.standard_normal((fan_out, rank)) * scale).astype(np.float32)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(dict(sorted(tensors.items())), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -134,6 +134,12 @@ def refusal(answers: dict[str, dict], slot: str) -> str | None:
     return None
 
 
+def following(home: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Every registered server, as `wait_live` takes them, for a swap to a version already checked
+    (a rollback, or a version that is already active)."""
+    return {server.url: {"status": "accepts"} for server in registered(home)}
+
+
 def wait_live(slot: str, generation: int, answers: dict[str, dict], timeout: float = 30.0, poll: float = 0.05) -> dict[str, dict]:
     """Wait until every server that accepted the version reports `generation` live for `slot`.
     Returns per URL {"status": "live" | "timeout" | "unreachable" | ..., "seconds": ...}."""
