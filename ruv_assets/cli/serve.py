@@ -53,7 +53,7 @@ def run_up(args) -> int:
     launcher.serve_python()  # the environment first: a clear line before minutes of export
     model_dir, source = ensure_serving_model()
     home = _home()
-    print(f"starting vLLM on {args.host}:{args.port} (about 2 minutes on 2 cores; log in {home / 'servers'})", flush=True)
+    print(f"starting vLLM on {args.host}:{args.port} (35-60 s on 2 cores; log in {home / 'servers'})", flush=True)
     report = launcher.start(model_dir, served_name(source), home, args.host, args.port, args.max_model_len, args.timeout)
     _print_report(report)
     print(f"{report['url']}/v1")
