@@ -13,7 +13,7 @@ export RUV_HOME ?= $(CURDIR)/.ruv
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-fast ui bench clean cluster cluster-run cluster-down demo serve serve-down serve-status
+.PHONY: install run test test-fast ui bench clean cluster cluster-run cluster-down demo demo-adapt serve serve-down serve-status
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ test-fast: $(TEST_STAMP)
 demo: $(CAPTURE_STAMP)
 	bash scripts/model-deps.sh
 	$(VENV)/bin/ruv demo
+
+# Learning from use on the built demo: code review traffic into the reviewer's log, updates behind the guard.
+demo-adapt: $(CAPTURE_STAMP)
+	$(VENV)/bin/ruv demo adapt
 
 # The slots on vLLM (its own venv, .venv-serve): after `make demo` its slots (.demo/), else $(RUV_HOME)'s;
 # a RUV_HOME of your own wins. The API's base URL is the last line. `make serve-down` stops it.

@@ -12,7 +12,12 @@ from ruv_assets.catalogue.partitions import adapter_partitions, composite_partit
 
 
 def entry_version(entry, geometry) -> str:
-    payload = json.dumps({"entry": entry.model_dump(mode="json"), "geometry": geometry.model_dump()}, sort_keys=True)
+    """The hash of what a trained version depends on: the entry (without `capture.adapt`, which
+    only steers learning from traffic afterwards) and the geometry in force."""
+    dumped = entry.model_dump(mode="json")
+    if isinstance(dumped.get("capture"), dict):
+        dumped["capture"].pop("adapt", None)
+    payload = json.dumps({"entry": dumped, "geometry": geometry.model_dump()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

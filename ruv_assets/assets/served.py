@@ -1,5 +1,5 @@
 """`served_adapter`: what each hot-swap slot serves. Materialising a partition promotes a stored
-trained (adapter) or merged (composite) version into `<slots>/<name>/active`; the materialisation
+trained or adapted (adapter) or merged (composite) version into `<slots>/<name>/active`; the materialisation
 records which source version is active at which slot generation, so lineage shows what is served.
 Running inference servers that follow the slots (`ruv serve up`) are asked before the swap (a
 server that serves the slot and refuses the new version fails the run, slot untouched) and waited
@@ -23,6 +23,11 @@ class PromotionConfig(Config):
     data_version: str = Field("", description="data version (sha256) of the source to promote; empty = newest")
     source_storage_id: int = Field(0, description="event storage id of the source materialisation (set by the sensor)")
     expected_generation: int = Field(-1, description="compare-and-swap: fail unless the slot is at this generation (-1 = off)")
+    source_asset: str = Field("", description="trained_adapter, merged_adapter or adapted_adapter; empty = the slot's own "
+                                              "(trained_adapter for an adapter, merged_adapter for a composite)")
+
+
+SOURCES = ("trained_adapter", "merged_adapter", "adapted_adapter")
 
 
 def source_storage_id(instance, asset: str, partition: str, data_version: str) -> int:
@@ -44,13 +49,17 @@ def source_storage_id(instance, asset: str, partition: str, data_version: str) -
         # slot X is fed by trained_adapter[X] (an adapter) or merged_adapter[X] (a composite)
         AssetDep("trained_adapter", partition_mapping=IdentityPartitionMapping()),
         AssetDep("merged_adapter", partition_mapping=IdentityPartitionMapping()),
+        AssetDep("adapted_adapter", partition_mapping=IdentityPartitionMapping()),  # a role updated on its traffic
     ],
     description="The version active in the hot-swap slot of each adapter and composite (promoted by promotion_sensor).",
 )
 def served_adapter(context: AssetExecutionContext, config: PromotionConfig, store: StoreResource, slots: SlotsResource,
                    geometry: GeometryResource) -> MaterializeResult:
     name = context.partition_key
-    source = source_of(name)
+    source = config.source_asset or source_of(name)
+    if source not in SOURCES or (source == "merged_adapter") != (source_of(name) == "merged_adapter"):
+        raise Failure(description=f"slot {name}: source_asset {source!r} cannot feed it (one of {', '.join(SOURCES)}, "
+                                  "merged_adapter for a composite only)")
     stored = store.store().get(source, name, config.data_version or None)
     slot = slots.slot(name)
     current = slot.status() if slot.exists() else None

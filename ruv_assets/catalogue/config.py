@@ -74,6 +74,34 @@ class ModelGeometry(Strict):
         return kv * (self.head_dim or self.hidden_size // self.num_attention_heads)
 
 
+class AdaptConfig(Strict):
+    """Learning from use (`adapted_adapter`): how a captured role adapts to its traffic log.
+
+    When at least `min_requests` new requests that are not held out have arrived, the live adapter
+    is updated on them (at most `max_requests`, the newest) for `epochs` passes of AdamW at `lr`,
+    with `replay` windows of the original corpus per new sequence, and published only if, on
+    held-out traffic, its KL to the teacher is below the live adapter's and, on the corpus's
+    held-out windows, it is at most `corpus_margin` above the live adapter's. `enabled: false` (or
+    `adapt: false`) turns it off for the role.
+    """
+
+    enabled: bool = True
+    min_requests: int = Field(16, ge=1, description="new training requests that trigger an update")
+    max_requests: int = Field(256, ge=1, description="requests one update trains on at most (the newest)")
+    epochs: int = Field(2, ge=1, le=50)
+    lr: float = Field(5e-4, gt=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1)
+    replay: float = Field(0.5, ge=0.0, le=16.0, description="corpus windows replayed per new sequence (forgetting)")
+    correction_weight: float = Field(0.2, ge=0.0, le=10.0, description="weight of the cross-entropy on corrected answers")
+    corpus_margin: float = Field(0.10, ge=0.0, le=10.0, description="guard: allowed rise of the corpus's held-out KL")
+    guard_requests: int = Field(16, ge=1, description="held-out requests the guard judges on at most (the newest)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
 class CaptureConfig(Strict):
     """Where an adapter's data comes from on a real model: a teacher run over a text corpus.
 
@@ -111,6 +139,7 @@ class CaptureConfig(Strict):
     refine_lr: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate of the refinement")
     min_kl_removed: float = Field(0.5, le=1.0, description="promotion gate: fraction of KL(teacher || base) removed on held-out text")
     seed: int = 0
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig, description="learning from the role's traffic (AdaptConfig)")
 
     @model_validator(mode="after")
     def _one_teacher(self) -> "CaptureConfig":

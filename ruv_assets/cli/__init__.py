@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("presets", "merge", "slot", "store", "run_all", "materialize", "cluster_run", "demo", "serve")  # module names; run_all registers `run-all`
+COMMANDS = ("presets", "merge", "slot", "store", "run_all", "materialize", "cluster_run", "demo", "serve", "feedback", "adapt")  # module names; run_all registers `run-all`
 
 
 class UserError(Exception):

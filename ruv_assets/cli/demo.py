@@ -5,6 +5,12 @@ Writes a catalogue into DIR (default `.demo/`) whose `base_model` is SmolLM2-135
 over Python's own `pydoc_data.topics` as the corpus, declares the two default composites, then
 builds everything with `ruv run-all` on an instance of its own (DIR/dagster_home) and prints what
 each adapter and composite measured on held-out text.
+
+`ruv demo adapt` then shows learning from use on the built demo: code review requests (from the
+standard library's source: another distribution than the corpus) go into a role's traffic log in
+batches, each followed by what `adaptation_sensor` asks for (an update behind the guard, promoted
+when it passes); it prints held-out traffic KL against requests seen, the adapted role against the
+frozen one, and the asset page of `adapted_adapter` draws the same curve.
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ def register(subparsers) -> None:
     parser.add_argument("--dir", default=".demo", help="where the catalogue, corpus, store and instance go (default .demo)")
     parser.add_argument("--max-tokens", type=int, default=8192, help="tokens captured per role (default 8192: 64 texts of 128 tokens)")
     parser.add_argument("--write-only", action="store_true", help="write the catalogue and corpus, build nothing")
+    parser.add_argument("action", nargs="?", choices=("build", "adapt"), default="build",
+                        help="build (default): the roles and composites; adapt: learning from use on the built demo")
+    parser.add_argument("--role", default="reviewer", help="adapt: the role that gets the traffic (default reviewer)")
+    parser.add_argument("--requests", type=int, default=128, help="adapt: code review requests sent in all (default 128)")
+    parser.add_argument("--batch", type=int, default=16, help="adapt: requests per batch (default 16)")
     parser.set_defaults(handler=run)
 
 
@@ -69,8 +80,18 @@ def write_demo(directory: Path, max_tokens: int) -> Path:
     return catalogue
 
 
+def demo_env(directory: Path) -> dict:
+    return {**os.environ, "RUV_CATALOGUE": str(directory / "catalogue.yaml"), "RUV_HOME": str(directory / "ruv"),
+            "DAGSTER_HOME": str(directory / "dagster_home"), "HF_HUB_OFFLINE": "1"}
+
+
 def run(args) -> int:
     directory = Path(args.dir).resolve()
+    if args.action == "adapt":
+        if not (directory / "ruv" / "slots" / args.role / "active").exists():
+            raise UserError(f"no built demo with a {args.role} slot in {directory}: run `make demo` (or `ruv demo`) first")
+        code = (f"from ruv_assets.cli.demo import adapt_loop; adapt_loop({args.role!r}, {int(args.requests)}, {int(args.batch)})")
+        return subprocess.run([sys.executable, "-c", code], env=demo_env(directory)).returncode
     catalogue = write_demo(directory, args.max_tokens)
     print(f"wrote {catalogue} (base model {smollm2_path()})")
     if args.write_only:
@@ -78,8 +99,7 @@ def run(args) -> int:
     home = directory / "dagster_home"
     home.mkdir(exist_ok=True)
     shutil.copy(PROJECT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "RUV_CATALOGUE": str(catalogue), "RUV_HOME": str(directory / "ruv"), "DAGSTER_HOME": str(home),
-           "HF_HUB_OFFLINE": "1"}
+    env = demo_env(directory)
     # a process of its own: partitions are read from RUV_CATALOGUE when the code location loads
     done = subprocess.run([sys.executable, "-m", "ruv_assets.cli", "run-all"], env=env)
     summary = subprocess.run([sys.executable, "-c", "from ruv_assets.cli.demo import print_summary; print_summary()"], env=env)
@@ -106,3 +126,33 @@ def print_summary() -> None:
                        if r.asset_materialization.partition == composite]
             if records:
                 print(f"\n{composite}:\n{records[0].asset_materialization.metadata['retention'].value}")
+
+
+def adapt_loop(role: str, requests: int, batch: int) -> None:
+    """Send `requests` code review requests to `role`'s traffic log, `batch` at a time, each batch
+    followed by the updates `adaptation_sensor` asks for; then the curve as a table."""
+    from dagster import DagsterInstance
+
+    from ruv_resources import traffic_log
+    from ruv_resources.store import default_root
+    from ruv_resources.traffic_log import Record
+    from ruv_assets.assets.adapted import history
+    from ruv_assets.orchestration.build_all import BuildReport, adapt, runner
+    from ruv_assets.realmodel.demo_traffic import code_review_requests
+
+    path = traffic_log.log_path(default_root(), role)
+    sent = len(traffic_log.read(path).records)  # a second run sends the next requests, not the same again
+    pool = code_review_requests(sent + requests, seed=0)[sent:]
+    with DagsterInstance.get() as instance:
+        run = runner(instance, BuildReport(), print)
+        for start in range(0, len(pool), batch):
+            traffic_log.append(path, [Record(prompt=r["prompt"]) for r in pool[start:start + batch]])
+            print(f"sent {start + len(pool[start:start + batch])}/{len(pool)} requests to {role}")
+            adapt(instance, run, print, roles=[role])
+        rows = history(instance, role)
+    print(f"\n{'requests seen':>14}{'frozen KL':>11}{'adapted KL':>12}{'corpus KL':>11}  published")
+    for m in rows:
+        print(f"{m.get('requests_seen', 0):>14}{m.get('heldout_traffic_kl_frozen', float('nan')):>11.4f}"
+              f"{m.get('heldout_traffic_kl_after', float('nan')):>12.4f}{m.get('corpus_kl', float('nan')):>11.4f}  "
+              f"{'yes' if m.get('published') else 'no'}")
+    print("(held-out traffic KL on the requests held out so far; the curve is on adapted_adapter's asset page)")

@@ -51,6 +51,24 @@ def tradeoff_png(curves: dict[str, list[dict]], title: str = "", x: str = "new_v
     return _png(fig)
 
 
+def adaptation_png(curves: dict[str, list[tuple[int, float]]], title: str = "") -> bytes:
+    """Held-out traffic KL against requests seen, one line per arm (`{label: [(requests, kl)]}`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    for (label, points), marker in zip(curves.items(), "osd^v"):
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, ms=4, label=label)
+    ax.set_xlabel("requests of traffic seen")
+    ax.set_ylabel("held-out traffic KL(teacher || model)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
 def _png(fig) -> bytes:
     from matplotlib import pyplot as plt
 

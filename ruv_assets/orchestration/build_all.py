@@ -8,6 +8,8 @@ sensors the daemon would evaluate, do what they ask, and run the requested runs 
 3. One `merge_job` run per selected composite, tagged with its inputs as `merge_sensor` computes
    them, so the daemon's `merge_sensor` does not repeat it.
 4. `promotion_sensor`: the promotions it requests, run here.
+5. `adaptation_sensor`: an update per role with enough new traffic, then `promotion_sensor` again
+   for those that passed their guard (`adapt`, also what `ruv adapt` runs alone).
 
 Runs execute in this process, one after the other, so Numba's kernels load once. On an empty
 Numba cache, `warm_start` first compiles them on two processes (see there). On a deployment
@@ -54,20 +56,9 @@ def observe_catalogue(instance: DagsterInstance) -> None:
         instance.report_runless_asset_event(event)
 
 
-def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, composites: list[str] | None = None,
-              log: Callable[[str], None] = print, warm: bool = True) -> BuildReport:
-    from ruv_assets.orchestration.build_sensors import ENTRY_TAG, INPUTS_TAG, describe, merge_key, train_key
-    from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
+def runner(instance: DagsterInstance, report: BuildReport, log: Callable[[str], None]):
+    """`run(job_name, partition, **kwargs) -> success`: one run in this process, recorded in `report`."""
     from ruv_assets.definitions import defs
-    from ruv_assets.orchestration.warm_start import warm_start
-    from ruv_assets.orchestration.promotion_sensor import promotion_sensor
-
-    catalogue = current_catalogue()
-    store = ArtifactStore(defs.resources["store"].root or None)
-    report = BuildReport()
-    started = time.perf_counter()
-    if warm and warm_start(catalogue, current_geometry(), log=log):
-        log(f"warm start: kernels compiled on two processes in {time.perf_counter() - started:.1f}s")
 
     def run(job_name: str, partition: str, **kwargs) -> bool:
         started = time.perf_counter()
@@ -79,6 +70,24 @@ def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, c
         log(f"{job_name}[{partition}]: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s (run {result.run_id[:8]})")
         return result.success
 
+    return run
+
+
+def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, composites: list[str] | None = None,
+              log: Callable[[str], None] = print, warm: bool = True) -> BuildReport:
+    from ruv_assets.orchestration.build_sensors import ENTRY_TAG, INPUTS_TAG, describe, merge_key, train_key
+    from ruv_assets.catalogue.catalogue import current_catalogue, current_geometry
+    from ruv_assets.definitions import defs
+    from ruv_assets.orchestration.warm_start import warm_start
+
+    catalogue = current_catalogue()
+    store = ArtifactStore(defs.resources["store"].root or None)
+    report = BuildReport()
+    started = time.perf_counter()
+    if warm and warm_start(catalogue, current_geometry(), log=log):
+        log(f"warm start: kernels compiled on two processes in {time.perf_counter() - started:.1f}s")
+
+    run = runner(instance, report, log)
     evaluation = sync_catalogue(instance)
     changes = describe(evaluation.dynamic_partitions_requests or [])
     log(f"catalogue_sensor: {' '.join(changes) if changes else 'partitions match the catalogue'}; entries observed")
@@ -88,10 +97,37 @@ def build_all(instance: DagsterInstance, *, adapters: list[str] | None = None, c
         key = merge_key(name, store, catalogue)
         run("merge_job", name, tags={INPUTS_TAG: key} if key else {})
 
+    promote(instance, run, log)
+    adapt(instance, run, log)
+    return report
+
+
+def promote(instance: DagsterInstance, run, log) -> None:
+    """Evaluate `promotion_sensor` and run the promotions it requests."""
+    from ruv_assets.definitions import defs
+    from ruv_assets.orchestration.promotion_sensor import promotion_sensor
+
     context = build_sensor_context(instance=instance, definitions=defs, sensor_name="promotion_sensor")
     evaluation = promotion_sensor(context)
     for request in evaluation.run_requests or []:
         run("promote_job", request.partition_key, run_config=request.run_config, tags=request.tags)
     if not evaluation.run_requests:
         log(f"promotion_sensor: {evaluation.skip_reason.skip_message if evaluation.skip_reason else 'nothing to promote'}")
-    return report
+
+
+def adapt(instance: DagsterInstance, run, log, roles: list[str] | None = None) -> int:
+    """Evaluate `adaptation_sensor`, run the updates it requests (of `roles`, if given), then
+    promote what passed; returns how many updates ran."""
+    from ruv_assets.orchestration.adaptation_sensor import adaptation_requests, traffic_observations
+
+    for event in traffic_observations().values():
+        instance.report_runless_asset_event(event)
+    requests, notes = adaptation_requests(instance)
+    requests = [r for r in requests if roles is None or r.partition_key in roles]
+    for note in notes:
+        log(f"adaptation_sensor: {note}")
+    for request in requests:
+        run("adapt_job", request.partition_key, tags=request.tags)
+    if requests:
+        promote(instance, run, log)
+    return len(requests)

@@ -1,5 +1,5 @@
 """Jobs per stage. Assets with different partitionings cannot share one asset job in Dagster, so
-`train_job` (per adapter), `merge_job` (per composite) and `promote_job` (per slot) are separate;
+`train_job` and `adapt_job` (per adapter), `merge_job` (per composite) and `promote_job` (per slot) are separate;
 the sensors in `build_sensors` and `sensors` request their runs (no job runs another)."""
 
 from dagster import AssetSelection, define_asset_job
@@ -13,6 +13,11 @@ merge_job = define_asset_job(
     "merge_job",
     selection=AssetSelection.assets("merged_adapter"),
     description="Merge the trained adapters a composite names (partition = composite name).",
+)
+adapt_job = define_asset_job(
+    "adapt_job",
+    selection=AssetSelection.assets("adapted_adapter"),
+    description="Update one captured role's live adapter on its new traffic, behind the guard (partition = adapter name).",
 )
 promote_job = define_asset_job(
     "promote_job",

@@ -1,6 +1,7 @@
 """`promotion_sensor`: decides what to promote; the promote_job run does the file work.
 
-It reads materialisations of `trained_adapter` and `merged_adapter` newer than its cursor (the
+It reads materialisations of `trained_adapter`, `merged_adapter` and `adapted_adapter` (a role
+updated on its traffic) newer than its cursor (the
 last event storage id seen), drops those whose blocking checks did not all pass in their run,
 and requests one promotion run for the newest remaining materialisation of each partition
 (run key = that materialisation's storage id, so a re-evaluation never promotes twice).
@@ -26,14 +27,16 @@ from dagster import (
     sensor,
 )
 
+from ruv_assets.assets.adapted import CHECKS as ADAPTED_CHECKS
 from ruv_assets.assets.merged import CHECKS as MERGED_CHECKS
 from ruv_assets.assets.trained import CHECKS as TRAINED_CHECKS
 from ruv_assets.orchestration.jobs import promote_job
 
-WATCHED = ("trained_adapter", "merged_adapter")
+WATCHED = ("trained_adapter", "merged_adapter", "adapted_adapter")
 REQUIRED_CHECKS = {
     "trained_adapter": {c.name for c in TRAINED_CHECKS if c.blocking},
     "merged_adapter": {c.name for c in MERGED_CHECKS if c.blocking},
+    "adapted_adapter": {c.name for c in ADAPTED_CHECKS},  # the guard's checks too, though they do not block the run
 }
 BATCH = 1000
 SLOT_TAG = "ruv/slot"
@@ -115,7 +118,8 @@ def promotion_sensor(context: SensorEvaluationContext):
         RunRequest(
             run_key=f"promote-{storage_id}",
             partition_key=partition,
-            run_config={"ops": {"served_adapter": {"config": {"data_version": version, "source_storage_id": storage_id}}}},
+            run_config={"ops": {"served_adapter": {"config": {"data_version": version, "source_storage_id": storage_id,
+                                                              "source_asset": asset}}}},
             # ruv/slot: the run queue admits one promotion per slot at a time (deploy/dagster.yaml)
             # dagster/priority: promotions pass queued trainings, so a slot fills as soon as its source passes
             tags={"ruv/source_asset": asset, "ruv/source_storage_id": str(storage_id), SLOT_TAG: partition, "dagster/priority": "1"},

@@ -15,7 +15,8 @@ When a slot's generation changes, the new version is
 4. retired: the old generation's id is removed from the engine once every request that arrived
    before step 3 has finished (`inflight`).
 
-Answers name the generation that produced them: `"model": "coder@17"`.
+Answers name the generation that produced them: `"model": "coder@17"`. Each answered request for
+a slot is appended to that slot's traffic log (`traffic`), which the project's adaptation reads.
 
 Routes: `GET /ruv/v1/slots` (what is live, what was refused and why), `POST /ruv/v1/check`
 (`{"path": dir}`: would this adapter be served? checked and loaded under a throwaway id, then
@@ -38,6 +39,7 @@ from fastapi.responses import JSONResponse
 from ruv_vllm.fit import DoesNotFit, ServedShapes, check_fits
 from ruv_vllm.inflight import InFlight, InFlightMiddleware
 from ruv_vllm.slots import ActiveVersion, active_version, slot_names
+from ruv_vllm.traffic import TrafficMiddleware, TrafficRecorder
 
 log = logging.getLogger("vllm.ruv")  # under vLLM's logger, so its handlers print our lines
 IDENTITY = "ruv_serving.json"  # written beside config.json by the project's export of the base model
@@ -197,7 +199,15 @@ class SlotServer:
         return {"url": self.url, "base_model": self.base_name, "model_dir": str(self.model_dir), "identity": self.identity,
                 "ruv_home": str(self.home), "served": self.shapes.describe(), "max_lora_rank": self.shapes.max_rank,
                 "slots": self.live, "refused": self.refused, "swaps": self.swaps, "retiring": len(self.retiring),
-                "in_flight": self.inflight.open_count if self.inflight else None, "pid": os.getpid(), "time": _now()}
+                "in_flight": self.inflight.open_count if self.inflight else None, "pid": os.getpid(), "time": _now(),
+                "traffic": self.traffic_report()}
+
+    def traffic_report(self) -> dict:
+        recorder = getattr(self, "traffic", None)
+        if recorder is None:
+            return {}
+        return {"enabled": recorder.enabled, "logged": recorder.logged, "dropped": recorder.dropped,
+                "dir": str(self.home / "traffic")}
 
     # -- being found ----------------------------------------------------------------------------
 
@@ -237,9 +247,12 @@ class RuvSlotsPlugin:
     def __init__(self) -> None:
         self.inflight = InFlight()
         self.server: SlotServer | None = None
+        home = Path(os.environ.get("RUV_HOME") or ".ruv").resolve()
+        self.traffic = TrafficRecorder(home, lambda: self.server.live if self.server is not None else {})
 
     def attach_router(self, app) -> None:
         app.add_middleware(InFlightMiddleware, tracker=self.inflight)
+        app.add_middleware(TrafficMiddleware, recorder=self.traffic)
         router = APIRouter()
         plugin = self
 
@@ -280,6 +293,7 @@ class RuvSlotsPlugin:
             return
         server = SlotServer(engine_client, state.openai_serving_models, args)
         server.inflight = self.inflight
+        server.traffic = self.traffic
         await server.sync_once()  # every active generation is live before the first request
         server._task = asyncio.get_running_loop().create_task(server.watch())
         server.register()

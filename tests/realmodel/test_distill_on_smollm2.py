@@ -6,30 +6,13 @@ BENCHMARKS.md."""
 
 import pytest
 
-from ruv_assets.cli.demo import ROLES
-from tests.realmodel.test_capture_on_smollm2 import instance_env, latest_metadata, materialise
+from tests.realmodel.test_capture_on_smollm2 import latest_metadata
 
 pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
 
-@pytest.fixture(scope="module")
-def distilled(tmp_path_factory, smol_path, corpus):
-    root = tmp_path_factory.mktemp("distill")
-    catalogue = root / "catalogue.yaml"
-    catalogue.write_text(f"""
-base_model: {smol_path}
-adapters:
-  - name: reviewer
-    capture: {{system_prompt: "{ROLES['reviewer']}", corpus: {corpus}, max_tokens: 2048, refine_epochs: 2, min_kl_removed: 0.2}}
-composites: []
-""")
-    env, home = instance_env(root, catalogue)
-    rc, log = materialise(env, root, "preset_adapter,synthetic_dataset,trained_adapter", "reviewer")
-    assert rc == 0, log[-4000:]
-    return home
-
-
 def test_a_q_v_adapter_removes_a_share_of_the_prompts_kl(distilled):
+    distilled = distilled.home
     data = latest_metadata(distilled, "synthetic_dataset")
     assert data["mode"] == "sequential" and data["windows"] == "documents"
     assert data["train_windows"] + data["heldout_windows"] == 16

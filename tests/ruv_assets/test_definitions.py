@@ -20,16 +20,18 @@ def test_everything_is_defined():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {"adapter_entry", "composite_entry", "base_model", "capture_teacher", "capture_corpus", "preset_adapter",
-                    "synthetic_dataset", "trained_adapter", "merged_adapter", "served_adapter", "serving_model"}
+                    "synthetic_dataset", "trained_adapter", "merged_adapter", "served_adapter", "serving_model", "traffic",
+                    "adapted_adapter"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert checks == {("trained_adapter", n) for n in ("weights_finite", "beats_zero_adapter", "near_noise_floor", "removes_teacher_kl")} | {
-        ("merged_adapter", n) for n in ("weights_finite", "beats_zero_adapter", "retention_within_bounds")}
-    for job in ("train_job", "merge_job", "promote_job"):
+        ("merged_adapter", n) for n in ("weights_finite", "beats_zero_adapter", "retention_within_bounds")} | {
+        ("adapted_adapter", n) for n in ("weights_finite", "improves_heldout_traffic", "keeps_original_corpus")}
+    for job in ("train_job", "adapt_job", "merge_job", "promote_job"):
         assert defs.resolve_job_def(job).name == job
-    for sensor in ("catalogue_sensor", "merge_sensor", "promotion_sensor"):
+    for sensor in ("catalogue_sensor", "merge_sensor", "adaptation_sensor", "promotion_sensor"):
         assert defs.resolve_sensor_def(sensor).default_status == DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("retrain_schedule").default_status == DefaultScheduleStatus.STOPPED
-    for key in ("preset_adapter", "synthetic_dataset", "trained_adapter", "merged_adapter", "served_adapter"):
+    for key in ("preset_adapter", "synthetic_dataset", "trained_adapter", "adapted_adapter", "merged_adapter", "served_adapter"):
         assert graph.get(AssetKey(key)).code_version, f"{key} has a code_version"
     assert set(defs.resources) >= {"store", "store_io", "slots", "geometry"}
 

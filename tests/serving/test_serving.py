@@ -149,3 +149,20 @@ def test_restart_serves_every_active_generation(served):
     for slot, generation in actives.items():
         model, _ = first_logprob(served, slot)
         assert model == f"{slot}@{generation}"
+
+
+def test_answered_requests_reach_the_roles_traffic_log(served):
+    from ruv_resources import traffic_log
+
+    path = traffic_log.log_path(served.home, "reviewer")
+    start = path.stat().st_size if path.exists() else 0
+    prompt = "Review this:\n\ndef mean(xs): return sum(xs) / len(xs)\n"
+    status, body = served.complete("reviewer", prompt, max_tokens=8)
+    assert status == 200, body
+    served.complete(served.name, prompt, max_tokens=2)  # the base model: not a role, not logged
+    deadline = time.time() + 10
+    while time.time() < deadline and not traffic_log.read(path, start).records:
+        time.sleep(0.1)
+    records = traffic_log.read(path, start).records
+    assert [(r.prompt, r.answer, r.source) for r in records] == [(prompt, body["choices"][0]["text"], "server")]
+    assert served.slots()["traffic"]["logged"] >= 1 and served.slots()["traffic"]["dropped"] == 0

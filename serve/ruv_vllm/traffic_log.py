@@ -1,0 +1,1 @@
+../../resources/traffic_log.py
