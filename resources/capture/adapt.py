@@ -247,7 +247,8 @@ class Verdict:
     adapter's, over every position and not above it on the answers and corrections alone (where
     the held-out traffic has any: what the role says is where a bad update shows, and a few
     answer tokens in a long request would otherwise drown); on the corpus's held-out windows at
-    most `margin` above the live adapter's."""
+    most `margin` above the role as first fitted (`corpus_kl_frozen`; the live adapter's until an
+    update was published), so small rises cannot add up over many updates."""
 
     traffic_kl_live: float
     traffic_kl_new: float
@@ -257,6 +258,7 @@ class Verdict:
     answer_kl_live: float | None = None
     answer_kl_new: float | None = None
     frozen_traffic_kl: float | None = None  # the role as first fitted, on the same held-out traffic
+    corpus_kl_frozen: float | None = None  # and on the corpus's held-out windows
 
     @property
     def improves_traffic(self) -> bool:
@@ -264,8 +266,12 @@ class Verdict:
         return self.traffic_kl_new < self.traffic_kl_live and answers_ok
 
     @property
+    def corpus_reference(self) -> float:
+        return self.corpus_kl_frozen if self.corpus_kl_frozen is not None else self.corpus_kl_live
+
+    @property
     def keeps_corpus(self) -> bool:
-        return self.corpus_kl_new <= (1.0 + self.margin) * self.corpus_kl_live
+        return self.corpus_kl_new <= (1.0 + self.margin) * self.corpus_reference
 
     @property
     def passed(self) -> bool:
@@ -275,7 +281,8 @@ class Verdict:
         return {"heldout_traffic_kl_live": self.traffic_kl_live, "heldout_traffic_kl": self.traffic_kl_new,
                 **({"heldout_traffic_kl_frozen": self.frozen_traffic_kl} if self.frozen_traffic_kl is not None else {}),
                 "corpus_kl_live": self.corpus_kl_live, "corpus_kl": self.corpus_kl_new,
-                "corpus_kl_rise": self.corpus_kl_new / self.corpus_kl_live - 1.0 if self.corpus_kl_live > 0 else 0.0,
+                "corpus_kl_frozen": self.corpus_reference,
+                "corpus_kl_rise": self.corpus_kl_new / self.corpus_reference - 1.0 if self.corpus_reference > 0 else 0.0,
                 "corpus_margin": self.margin,
                 **({"heldout_answer_kl_live": self.answer_kl_live, "heldout_answer_kl": self.answer_kl_new}
                    if self.answer_kl_live is not None else {})}
@@ -291,7 +298,8 @@ def judge_update(base, teacher, live: LoraAdapter, candidate: LoraAdapter, heldo
     extra = [peft_model(base, frozen, trainable=False)] if frozen is not None else []
     figures = guard_kls(models + extra, teacher, heldout_traffic, batch=batch)
     (t_live, a_live), (t_new, a_new) = figures[:2]
-    c_live, c_new = mean_kls(models, teacher, heldout_corpus, batch=batch)
-    verdict = Verdict(t_live, t_new, c_live, c_new, margin, a_live, a_new)
+    corpus = mean_kls(models + extra, teacher, heldout_corpus, batch=batch)
+    verdict = Verdict(t_live, t_new, corpus[0], corpus[1], margin, a_live, a_new)
     verdict.frozen_traffic_kl = figures[2][0] if extra else t_live
+    verdict.corpus_kl_frozen = corpus[2] if extra else corpus[0]
     return verdict

@@ -184,7 +184,7 @@ def adapted_adapter(context: AssetExecutionContext, store: StoreResource, slots:
                 *([{"measure": "held-out answers and corrections KL", "live": f"{verdict.answer_kl_live:.5f}",
                     "adapted": f"{verdict.answer_kl_new:.5f}", "rule": "adapted <= live"}] if verdict.answer_kl_live is not None else []),
                 {"measure": "corpus held-out KL", "live": f"{verdict.corpus_kl_live:.5f}", "adapted": f"{verdict.corpus_kl_new:.5f}",
-                 "rule": f"adapted <= live x {1 + verdict.margin:.2f}"}])),
+                 "rule": f"adapted <= {verdict.corpus_reference:.5f} (as first fitted) x {1 + verdict.margin:.2f}"}])),
             **where_it_ran(),
         },
     )
@@ -195,4 +195,5 @@ def adapted_adapter(context: AssetExecutionContext, store: StoreResource, slots:
                                      "answers_live": verdict.answer_kl_live if verdict.answer_kl_live is not None else MetadataValue.null(),
                                      "answers_adapted": verdict.answer_kl_new if verdict.answer_kl_new is not None else MetadataValue.null()})
     yield AssetCheckResult(check_name="keeps_original_corpus", passed=bool(verdict.keeps_corpus), severity=AssetCheckSeverity.WARN,
-                           metadata={"live": verdict.corpus_kl_live, "adapted": verdict.corpus_kl_new, "margin": verdict.margin})
+                           metadata={"live": verdict.corpus_kl_live, "adapted": verdict.corpus_kl_new,
+                                     "as_first_fitted": verdict.corpus_reference, "margin": verdict.margin})

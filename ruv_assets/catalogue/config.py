@@ -81,7 +81,8 @@ class AdaptConfig(Strict):
     is updated on them (at most `max_requests`, the newest) for `epochs` passes of AdamW at `lr`,
     with `replay` windows of the original corpus per new sequence, and published only if, on
     held-out traffic, its KL to the teacher is below the live adapter's and, on the corpus's
-    held-out windows, it is at most `corpus_margin` above the live adapter's. `enabled: false` (or
+    held-out windows, it is at most `corpus_margin` above the role's as first fitted (its trained
+    version: rises do not add up over updates). `enabled: false` (or
     `adapt: false`) turns it off for the role.
     """
 
@@ -93,7 +94,7 @@ class AdaptConfig(Strict):
     batch_size: int = Field(8, ge=1)
     replay: float = Field(0.5, ge=0.0, le=16.0, description="corpus windows replayed per new sequence (forgetting)")
     correction_weight: float = Field(0.2, ge=0.0, le=10.0, description="weight of the cross-entropy on corrected answers")
-    corpus_margin: float = Field(0.10, ge=0.0, le=10.0, description="guard: allowed rise of the corpus's held-out KL")
+    corpus_margin: float = Field(0.10, ge=0.0, le=10.0, description="guard: allowed rise of the corpus's held-out KL over the trained version's")
     guard_requests: int = Field(16, ge=1, description="held-out requests the guard judges on at most (the newest)")
 
     @model_validator(mode="before")

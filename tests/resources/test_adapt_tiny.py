@@ -113,6 +113,9 @@ def test_the_guard_needs_both_rules():
     assert not Verdict(0.5, 0.5, 1.0, 1.0, 0.1).passed  # no better on traffic
     assert not Verdict(0.5, 0.4, 1.0, 1.11, 0.1).passed  # forgot the corpus
     assert Verdict(0.5, 0.4, 1.0, 1.11, 0.1).figures()["corpus_kl_rise"] == pytest.approx(0.11)
+    # the corpus rule is anchored to the role as first fitted: rises cannot add up over updates
+    assert not Verdict(0.5, 0.4, 1.05, 1.12, 0.1, corpus_kl_frozen=1.0).passed
+    assert Verdict(0.5, 0.4, 1.05, 1.09, 0.1, corpus_kl_frozen=1.0).passed
     # better over the whole requests but worse on what the role says: refused
     assert not Verdict(0.5, 0.4, 1.0, 1.0, 0.1, answer_kl_live=0.3, answer_kl_new=0.35).passed
     assert Verdict(0.5, 0.4, 1.0, 1.0, 0.1, answer_kl_live=0.3, answer_kl_new=0.29).passed
