@@ -43,6 +43,8 @@ def parse():
     p.add_argument("--arms", default="replay,no replay")
     p.add_argument("--later-arms-requests", type=int, default=128,
                    help="training requests the arms after the first see (default 128: enough to show forgetting)")
+    p.add_argument("--epochs", type=int, help="override capture.adapt.epochs")
+    p.add_argument("--lr", type=float, help="override capture.adapt.lr")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: every core)")
     p.add_argument("--plot", default=str(ROOT / "docs" / "adaptation-curve.png"))
     return p.parse_args()
@@ -99,7 +101,7 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         capture, base_path, dataset, frozen, fit = setup(args, work)
-        settings = capture.adapt
+        settings = capture.adapt.model_copy(update={k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None})
         base = cached_model(base_path, content_hash(base_path))
         teacher, prefix = teacher_for(base, capture)
         windows = load_windows(dataset)
