@@ -19,8 +19,6 @@ held-out windows.
 
 from __future__ import annotations
 
-import copy
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ruv_kernels.adapter import LoraAdapter
-from ruv_resources.capture.refine import _our_key
+from ruv_resources.capture.refine import _our_key, peft_model
 from ruv_resources.capture.windows import Windows
 
 Progress = Callable[[str], None]
@@ -177,17 +175,6 @@ def guard_kls(models, teacher, seqs: Sequences, *, batch: int = 8) -> list[tuple
             count += float(real.sum())
             said_count += float(answer.sum())
     return [(t / max(count, 1.0), a / said_count if said_count else None) for t, a in zip(totals, said)]
-
-
-def peft_model(base, adapter: LoraAdapter, *, trainable: bool):
-    """`adapter` loaded by PEFT onto a copy of the base model."""
-    from peft import PeftModel
-
-    from ruv_resources.peft_format import save_adapter
-
-    with tempfile.TemporaryDirectory() as scratch:
-        save_adapter(adapter, scratch)
-        return PeftModel.from_pretrained(copy.deepcopy(base.model), scratch, is_trainable=trainable)
 
 
 def adapt_adapter(base, teacher, adapter: LoraAdapter, train: Sequences, replay: Sequences | None, *, epochs: int,

@@ -42,18 +42,13 @@ def refine_adapter(base, teacher, windows: Windows, adapter: LoraAdapter, *, epo
     """The adapter after up to `epochs` epochs of KL descent, and what happened (per-epoch
     selection KL, the epoch kept, seconds)."""
     import torch
-    from peft import PeftModel
-
-    from ruv_resources.peft_format import save_adapter
 
     fit_rows, select_rows = split_for_selection(windows.train, seed)
     T, P = windows.window, windows.offset
     started = time.perf_counter()
     if epochs < 1 or len(fit_rows) < 1:
         return adapter, {"refine_epochs": 0, "refine_kept_epoch": 0}
-    with tempfile.TemporaryDirectory() as scratch:
-        save_adapter(adapter, scratch)
-        model = PeftModel.from_pretrained(copy.deepcopy(base.model), scratch, is_trainable=True)
+    model = peft_model(base, adapter, trainable=True)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def teacher_logits(rows):
@@ -104,6 +99,17 @@ def refine_adapter(base, teacher, windows: Windows, adapter: LoraAdapter, *, epo
         "refine_epochs": epochs, "refine_kept_epoch": kept, "refine_selection_kl": ", ".join(f"{v:.6g}" for v in history),
         "refine_seconds": round(time.perf_counter() - started, 2), "refine_windows": [int(len(fit_rows)), int(len(select_rows))],
     }
+
+
+def peft_model(base, adapter: LoraAdapter, *, trainable: bool):
+    """`adapter` loaded by PEFT onto a copy of the base model."""
+    from peft import PeftModel
+
+    from ruv_resources.peft_format import save_adapter
+
+    with tempfile.TemporaryDirectory() as scratch:
+        save_adapter(adapter, scratch)
+        return PeftModel.from_pretrained(copy.deepcopy(base.model), scratch, is_trainable=trainable)
 
 
 def _our_key(name: str) -> tuple[str, str]:

@@ -139,7 +139,8 @@ def adapted_adapter(context: AssetExecutionContext, store: StoreResource, slots:
     spec = entry.spec(geometry.geometry())
     live, origin = live_adapter(store, slots, name, spec)
     path = traffic_log.log_path(default_root(), name)
-    batch = adaptation.read_traffic(path, traffic_start(context.instance, name), entry.capture.adapt)
+    earlier = history(context.instance, name)  # the last one says where the log was read up to
+    batch = adaptation.read_traffic(path, int(earlier[-1].get("traffic_end") or 0) if earlier else 0, entry.capture.adapt)
     for reason, count in sorted(batch.skipped.items()):
         context.log.info(f"{name}: skipped {count} requests: {reason}")
     dataset = store.store().get("synthetic_dataset", name)
@@ -149,7 +150,6 @@ def adapted_adapter(context: AssetExecutionContext, store: StoreResource, slots:
                                                     batch, context.log.info, frozen=frozen)
     finite = candidate.is_finite()
     passed = bool(finite and verdict.passed)
-    earlier = history(context.instance, name)
     seen = int(earlier[-1].get("requests_seen", 0)) + len(batch.train) if earlier else len(batch.train)
     point = {"requests_seen": seen, "heldout_traffic_kl_frozen": verdict.frozen_traffic_kl,
              "heldout_traffic_kl_after": verdict.traffic_kl_new if passed else verdict.traffic_kl_live}

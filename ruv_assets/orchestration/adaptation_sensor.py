@@ -11,15 +11,13 @@ function with no daemon.
 
 from __future__ import annotations
 
-import json
-
 from dagster import AssetObservation, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from ruv_resources import traffic_log
 from ruv_resources.errors import StoreError
 from ruv_resources.store import ArtifactStore, default_root
 from ruv_assets.catalogue.catalogue import current_catalogue
-from ruv_assets.orchestration.build_sensors import DATA_VERSION_TAG, INTERVAL_SECONDS, has_run, in_flight
+from ruv_assets.orchestration.build_sensors import DATA_VERSION_TAG, INTERVAL_SECONDS, changed_since, has_run, in_flight
 from ruv_assets.orchestration.jobs import adapt_job
 
 TRAFFIC_TAG = "ruv/traffic"
@@ -87,10 +85,7 @@ def adaptation_requests(instance, catalogue=None) -> tuple[list[RunRequest], lis
     description="Updates a captured role's live adapter once enough new requests reached its traffic log (ruv feedback, the server).",
 )
 def adaptation_sensor(context: SensorEvaluationContext):
-    seen = json.loads(context.cursor) if context.cursor else {}
-    current = traffic_observations()
-    changed = [event for name, event in current.items() if seen.get(name) != event.tags[DATA_VERSION_TAG]]
-    cursor = json.dumps({name: event.tags[DATA_VERSION_TAG] for name, event in current.items()}, sort_keys=True)
+    changed, cursor = changed_since(context.cursor, traffic_observations())
     requests, notes = adaptation_requests(context.instance)
     for note in notes:
         context.log.info(note)

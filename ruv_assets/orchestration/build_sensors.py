@@ -49,6 +49,14 @@ INTERVAL_SECONDS = 5
 DATA_VERSION_TAG = "dagster/data_version"  # where Dagster reads an observation's data version
 
 
+def changed_since(cursor: str | None, current: dict[str, AssetObservation]) -> tuple[list[AssetObservation], str]:
+    """`(observations whose data version differs from the cursor's, the new cursor)`: a sensor
+    reports an observable source only when it moved."""
+    seen = json.loads(cursor) if cursor else {}
+    changed = [event for key, event in current.items() if seen.get(key) != event.tags[DATA_VERSION_TAG]]
+    return changed, json.dumps({key: event.tags[DATA_VERSION_TAG] for key, event in current.items()}, sort_keys=True)
+
+
 def partition_requests(instance: DagsterInstance, catalogue=None) -> list:
     """Add and delete requests that make the instance's dynamic partitions match the catalogue."""
     requests = []
@@ -150,11 +158,8 @@ def merge_requests(instance: DagsterInstance, store: ArtifactStore, catalogue=No
 def catalogue_sensor(context: SensorEvaluationContext):
     catalogue = current_catalogue()
     partitions = partition_requests(context.instance, catalogue)
-    observed = json.loads(context.cursor) if context.cursor else {}
-    current = entry_observations(catalogue)
-    changed = [event for key, event in current.items() if observed.get(key) != event.tags[DATA_VERSION_TAG]]
+    changed, cursor = changed_since(context.cursor, entry_observations(catalogue))
     runs = train_requests(context.instance, catalogue)
-    cursor = json.dumps({key: event.tags[DATA_VERSION_TAG] for key, event in current.items()}, sort_keys=True)
     if not partitions and not runs and not changed:
         return SensorResult(skip_reason=SkipReason(f"partitions match {catalogue.source}; every adapter entry has been trained"),
                             cursor=cursor)
